@@ -1,0 +1,54 @@
+"""Effect handlers used by models and the trainer.
+
+* :func:`kl_scale` -- the β / KL weight on latent sites.  Applied with the same
+  weight to a latent site in *both* model and guide, it multiplies that site's
+  contribution ``log p(z) - log q(z|x)`` to the ELBO, i.e. the KL term.  Pyro's
+  :func:`~pyro.poutine.scale` refuses 0, which is where KL warm-up starts, so a
+  weight of 0 becomes ``poutine.mask(mask=False)``: the site is still sampled
+  (and reparameterized gradients still flow through it) but scores nothing.
+* :class:`plate_scale` -- multiplies the score of every site inside the plate
+  called ``name`` by ``scale``.  The trainer uses it with ``N / B`` so that a
+  minibatch ELBO is an unbiased estimate of the full data set's ELBO for *any*
+  model/guide pair whose data plate is named ``"data"``; sites outside that
+  plate (global latents) are left alone, as they should be.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from pyro import poutine
+from pyro.poutine.messenger import Messenger
+
+__all__ = ["kl_scale", "plate_scale"]
+
+
+def kl_scale(weight: float) -> contextlib.AbstractContextManager:
+    """Context that weights the latent sites sampled inside it by ``weight >= 0``."""
+    weight = float(weight)
+    if weight == 1.0:
+        return contextlib.nullcontext()
+    if weight == 0.0:
+        return poutine.mask(mask=False)
+    if not weight > 0:
+        raise ValueError(f"Expected kl_weight >= 0, got {weight}")
+    return poutine.scale(scale=weight)
+
+
+class plate_scale(Messenger):
+    """Scale every site inside the plate named ``name`` by ``scale``.
+
+    :param name: the plate's name (``"data"`` by pyrovae's convention).
+    :param scale: a positive number, typically ``num_data / batch_size``.
+    """
+
+    def __init__(self, name: str = "data", scale: float = 1.0) -> None:
+        if not scale > 0:
+            raise ValueError(f"Expected scale > 0, got {scale}")
+        super().__init__()
+        self.name = name
+        self.scale = float(scale)
+
+    def _process_message(self, msg) -> None:
+        if msg["type"] in ("sample", "param") and any(f.name == self.name for f in msg["cond_indep_stack"]):
+            msg["scale"] = self.scale * msg["scale"]

@@ -1,0 +1,26 @@
+"""Model variants: one file, one class, one line in :data:`MODELS`.
+
+The key of each entry is the file's stem.  ``MODELS[name](**model.config)``
+rebuilds a model from its recorded constructor arguments.
+"""
+
+from __future__ import annotations
+
+from pyrovae.models.beta_vae import BetaVAE
+from pyrovae.models.vae import VAE
+
+__all__ = ["MODELS", "VAE", "BetaVAE", "make_model"]
+
+MODELS: dict[str, type[VAE]] = {
+    "vae": VAE,
+    "beta_vae": BetaVAE,
+}
+
+
+def make_model(name: str, **kwargs) -> VAE:
+    """Construct the model registered as ``name``."""
+    try:
+        cls = MODELS[name]
+    except KeyError:
+        raise ValueError(f"Expected model in {sorted(MODELS)}, got {name!r}") from None
+    return cls(**kwargs)

@@ -1,0 +1,459 @@
+r"""``fit``: stochastic variational inference for any model/guide pair.
+
+What ``fit`` trains
+    A pyrovae model, *any* object with ``model`` and ``guide`` methods, or a
+    ``(model, guide)`` pair of plain Pyro functions.  The only convention is
+    that per-data-point sites live in a ``pyro.plate`` named ``"data"``, and that
+    the programs take the minibatch as their first argument.  If the programs
+    accept a ``kl_weight`` keyword, ``fit`` passes the (scheduled) β to both.
+
+How a step works
+    The minibatch's sites in the ``"data"`` plate are scaled by ``N / B`` with
+    :class:`~pyrovae.handlers.plate_scale`, so the loss is an unbiased estimate
+    of the whole data set's negative objective while global sites count once.
+    The ELBO object (any :class:`pyro.infer.ELBO`) computes the loss and its
+    gradients with ``loss_and_grads``; one :class:`torch.optim.Adam` steps all
+    parameters at once (Pyro's per-parameter optimizer wrappers cost about a
+    quarter of a small step).  Pyro's argument validation runs once on a small
+    batch before training and is then switched off for speed; the data are
+    checked up front instead.
+
+What ``fit`` guarantees
+    * Bad input is refused before any work, with the expected form.
+    * A NaN/Inf loss stops training *before* the bad gradients are applied, with
+      the step in the message; the last good checkpoint is kept.
+    * Checkpoints (every ``checkpoint_every`` steps and at the end) hold the
+      parameters, optimizer, schedule step, data order position, partial epoch
+      sums and RNG state, written atomically; ``resume=True`` continues a killed
+      run to the same parameters an uninterrupted run reaches (CPU).
+    * Under ``torchrun`` (``WORLD_SIZE > 1``) each rank trains on its shard,
+      gradients are averaged across ranks in one all-reduce per step and
+      rank 0 writes the run folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import inspect
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.infer import ELBO, Trace_ELBO
+
+from pyrovae.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from pyrovae.handlers import plate_scale
+from pyrovae.objectives import make_objective
+from pyrovae.schedules import Constant, Schedule, make_schedule
+
+__all__ = ["fit", "FitResult", "TrainingDiverged", "resolve_programs", "evaluate_elbo"]
+
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "sgd": torch.optim.SGD,
+    "rmsprop": torch.optim.RMSprop,
+}
+
+
+class TrainingDiverged(FloatingPointError):
+    """Raised when the training loss becomes NaN or infinite."""
+
+
+@dataclasses.dataclass
+class FitResult:
+    """What :func:`fit` returns.
+
+    :ivar model: the trained object (the pyrovae model, your object, or your pair).
+    :ivar history: one dict per epoch: ``epoch``, ``step``, ``train_loss`` (the
+        training objective's negative value per data point, β included),
+        ``kl_weight``, ``valid_elbo`` (true ELBO per held-out point, β = 1) and
+        ``seconds``.
+    :ivar run_dir: the run folder, if ``out`` was given.
+    :ivar step: the number of optimisation steps taken in all.
+    """
+
+    model: Any
+    history: list[dict[str, float]]
+    run_dir: Path | None
+    step: int
+
+    @property
+    def final(self) -> dict[str, float]:
+        return self.history[-1] if self.history else {}
+
+
+@dataclasses.dataclass
+class Programs:
+    """A model/guide pair and what ``fit`` knows about it."""
+
+    model: Callable
+    guide: Callable
+    owner: Any
+    takes_kl_weight: bool
+
+    def kwargs(self, kl_weight: float) -> dict[str, float]:
+        return {"kl_weight": kl_weight} if self.takes_kl_weight else {}
+
+
+def _accepts(fn: Callable, name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def resolve_programs(obj: Any) -> Programs:
+    """The model/guide pair of a pyrovae model, an object with ``model``/``guide``, or a pair."""
+    if callable(getattr(obj, "model", None)) and callable(getattr(obj, "guide", None)):
+        model, guide, owner = obj.model, obj.guide, obj
+    elif isinstance(obj, (tuple, list)) and len(obj) == 2 and all(callable(f) for f in obj):
+        (model, guide), owner = obj, None
+    else:
+        raise TypeError(
+            "Expected a model: a pyrovae model, an object with model() and guide() methods, "
+            f"or a (model, guide) pair of functions; got {type(obj).__name__}"
+        )
+    return Programs(model, guide, owner, _accepts(model, "kl_weight") and _accepts(guide, "kl_weight"))
+
+
+def _as_tensor(data: Any, name: str) -> torch.Tensor:
+    x = getattr(data, "x", data)  # a pyrovae DataSet or a tensor
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"Expected {name} to be a torch.Tensor (N, ...) or a pyrovae DataSet, got {type(data).__name__}")
+    return x
+
+
+def _validate_data(programs: Programs, x: torch.Tensor, name: str) -> None:
+    check = getattr(programs.owner, "validate_data", None)
+    if callable(check):
+        check(x, name)
+        return
+    if not x.is_floating_point():
+        raise TypeError(f"Expected {name} to have a floating dtype (e.g. torch.float32), got {x.dtype}")
+    if x.dim() < 1 or x.shape[0] < 1:
+        raise ValueError(f"Expected {name} of shape (N, ...) with N >= 1, got {tuple(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"Expected {name} to be finite, found {int((~torch.isfinite(x)).sum())} NaN/Inf values")
+
+
+def _check_positive_int(name: str, value: Any, minimum: int = 1) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"Expected {name} to be an int >= {minimum}, got {value!r}")
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was requested but CUDA is not available; use device='cpu' or 'auto'")
+    return device
+
+
+def _distributed(device: torch.device) -> tuple[int, int]:
+    """(rank, world size); initialises the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or not torch.distributed.is_available():
+        return 0, 1
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
+def _inspect(programs: Programs, x: torch.Tensor, kwargs: dict) -> tuple[dict[str, torch.Tensor], int]:
+    """The unconstrained tensors of every ``pyro.param`` the pair touches (in a fixed
+    order) and the pair's plate nesting depth (so vectorized ELBOs need not guess it)."""
+    guide_trace = poutine.trace(programs.guide).get_trace(x, **kwargs)
+    model_trace = poutine.trace(poutine.replay(programs.model, trace=guide_trace)).get_trace(x, **kwargs)
+    params: dict[str, torch.Tensor] = {}
+    nesting = 0
+    for trace in (guide_trace, model_trace):
+        for name, site in trace.nodes.items():
+            if site["type"] == "param" and name not in params:
+                params[name] = site["value"].unconstrained()
+            if site["type"] == "sample":
+                dims = [-f.dim for f in site["cond_indep_stack"] if f.vectorized and f.dim is not None]
+                nesting = max([nesting, *dims])
+    return params, nesting
+
+
+def _module_param_ids(owner: Any) -> set[int]:
+    return {id(p) for p in owner.parameters()} if isinstance(owner, torch.nn.Module) else set()
+
+
+def _state(owner: Any, params: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Model state safe for ``weights_only`` loading: a module's state_dict and free Pyro params."""
+    in_module = _module_param_ids(owner)
+    return {
+        "module": owner.state_dict() if isinstance(owner, torch.nn.Module) else {},
+        "params": {k: v.detach().cpu().clone() for k, v in params.items() if id(v) not in in_module},
+    }
+
+
+def _load_state(owner: Any, params: dict[str, torch.Tensor], state: Mapping[str, Any]) -> None:
+    if isinstance(owner, torch.nn.Module):
+        owner.load_state_dict(state["module"])
+    with torch.no_grad():
+        for name, value in state["params"].items():
+            if name not in params:
+                raise ValueError(f"Checkpoint has parameter {name!r} that the model does not define")
+            params[name].copy_(value)
+
+
+@torch.no_grad()
+def evaluate_elbo(obj: Any, data: Any, *, batch_size: int = 1000, num_particles: int = 1, seed: int = 0) -> float:
+    """The true ELBO (β = 1, no minibatch scaling) per data point, averaged over ``data``.
+
+    Uses common random numbers (``seed``) so that successive calls are comparable.
+    """
+    programs = resolve_programs(obj)
+    x = _as_tensor(data, "data")
+    device = _device_of(programs.owner, x)
+    elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1)
+    total = 0.0
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), pyro.validation_enabled(False):
+        torch.manual_seed(seed)
+        for xb in x.split(batch_size):
+            total += elbo.loss(programs.model, programs.guide, xb.to(device))
+    return -total / x.shape[0]
+
+
+def _device_of(owner: Any, x: torch.Tensor) -> torch.device:
+    if isinstance(owner, torch.nn.Module):
+        for p in owner.parameters():
+            return p.device
+    return x.device
+
+
+def _write_history(run_dir: Path, history: list[dict[str, float]]) -> None:
+    (run_dir / "history.json").write_text(json.dumps(history, indent=1))
+    if history:
+        keys = list(dict.fromkeys(k for row in history for k in row))
+        with open(run_dir / "history.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(history)
+
+
+def fit(
+    obj: Any,
+    data: Any,
+    *,
+    objective: str | ELBO = "elbo",
+    num_particles: int | None = None,
+    alpha: float | None = None,
+    kl_weight: float | Schedule | Mapping[str, Any] | None = None,
+    epochs: int = 10,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    optimizer: str = "adam",
+    valid_data: Any = None,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    out: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    record: Mapping[str, Any] | None = None,
+) -> FitResult:
+    r"""Train a model/guide pair by stochastic variational inference.
+
+    :param obj: a pyrovae model, any object with ``model``/``guide`` methods, or
+        a ``(model, guide)`` pair; per-point sites in ``pyro.plate("data", ...)``.
+    :param data: training data, a tensor ``(N, ...)`` or a pyrovae ``DataSet``.
+    :param objective: a name in :data:`pyrovae.objectives.OBJECTIVES` or any
+        :class:`pyro.infer.ELBO` instance.
+    :param num_particles: samples per data point (``iwae``'s K), for named objectives.
+    :param alpha: the Rényi order, for ``objective="renyi"``.
+    :param kl_weight: β, a number, a :class:`~pyrovae.schedules.Schedule` or its
+        dict; default: the model's ``default_kl_weight`` (1 for a VAE).
+    :param epochs: passes over the data (counted in total, also when resuming).
+    :param batch_size: minibatch size (per rank when distributed).
+    :param lr: learning rate.
+    :param optimizer: ``"adam"``, ``"adamw"``, ``"sgd"`` or ``"rmsprop"``.
+    :param valid_data: held-out data for the per-epoch true ELBO.
+    :param seed: seeds parameters' noise, data order and sampling.
+    :param device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+    :param out: run folder for ``history.{csv,json}`` and ``checkpoint.pt``.
+    :param checkpoint_every: steps between checkpoints (default: once an epoch).
+    :param resume: continue from ``out``'s checkpoint if there is one.
+    :param progress: show a progress bar with the running loss.
+    :param record: extra JSON-safe metadata stored in the checkpoint (the CLI's run config).
+    :returns: a :class:`FitResult`.
+
+    Example::
+
+        result = pyrovae.fit(pyrovae.VAE((784,), 20), x_train, objective="iwae",
+                             num_particles=5, epochs=10, valid_data=x_valid)
+    """
+    # ------------------------------------------------------------ validation
+    programs = resolve_programs(obj)
+    x = _as_tensor(data, "data")
+    _validate_data(programs, x, "data")
+    x_valid = None
+    if valid_data is not None:
+        x_valid = _as_tensor(valid_data, "valid_data")
+        _validate_data(programs, x_valid, "valid_data")
+    _check_positive_int("epochs", epochs)
+    _check_positive_int("batch_size", batch_size)
+    _check_positive_int("seed", seed, minimum=0)
+    if checkpoint_every is not None:
+        _check_positive_int("checkpoint_every", checkpoint_every)
+    if not (isinstance(lr, (int, float)) and lr > 0):
+        raise ValueError(f"Expected lr > 0, got {lr!r}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"Expected optimizer in {sorted(OPTIMIZERS)}, got {optimizer!r}")
+    if resume and out is None:
+        raise ValueError("resume=True needs out= (the run folder holding checkpoint.pt)")
+    elbo = make_objective(objective, num_particles=num_particles, alpha=alpha)
+    if kl_weight is None:
+        kl_weight = getattr(programs.owner, "default_kl_weight", 1.0)
+    schedule = make_schedule(kl_weight)
+    if not programs.takes_kl_weight and schedule != Constant(1.0):
+        raise ValueError(
+            f"kl_weight={kl_weight!r} needs model and guide that accept a kl_weight keyword "
+            "(see pyrovae.handlers.kl_scale); these do not"
+        )
+    device = _resolve_device(device)
+    run_dir = Path(out) if out is not None else None
+
+    # ------------------------------------------------------------ set-up
+    rank, world = _distributed(device)
+    if isinstance(programs.owner, torch.nn.Module):
+        programs.owner.to(device)
+    x = x.to(device)
+    if x_valid is not None:
+        x_valid = x_valid.to(device)
+    num_data = x.shape[0]
+    batch_size = min(batch_size, math.ceil(num_data / world))
+    checkpoint = None
+    if resume and run_dir is not None and (run_dir / CHECKPOINT_NAME).exists():
+        checkpoint = load_checkpoint(run_dir / CHECKPOINT_NAME)
+        settings = checkpoint["settings"]
+        for key, now in (("batch_size", batch_size), ("seed", seed), ("num_data", num_data), ("world", world)):
+            if settings[key] != now:
+                raise ValueError(f"Cannot resume {run_dir}: it was trained with {key}={settings[key]}, now {now}")
+    pyro.set_rng_seed(seed)
+    scaler = plate_scale("data", 1.0)
+    model, guide = scaler(programs.model), scaler(programs.guide)
+    with pyro.validation_enabled(True):
+        # one validated pass on a small batch: Pyro's own shape and support checks, once
+        params, nesting = _inspect(programs, x[: min(num_data, 4)], programs.kwargs(schedule(0)))
+        if math.isinf(getattr(elbo, "max_plate_nesting", 0)):
+            elbo.max_plate_nesting = nesting
+        elbo.loss(model, guide, x[: min(num_data, 4)], **programs.kwargs(schedule(0)))
+    if not params:
+        raise ValueError("The model and guide define no parameters (pyro.param or pyro.module): nothing to train")
+    if world > 1:
+        for p in params.values():
+            torch.distributed.broadcast(p.data, src=0)
+    optim = OPTIMIZERS[optimizer](list(params.values()), lr=lr)
+
+    steps_per_epoch = math.ceil(math.ceil(num_data / world) / batch_size)
+    step, epoch, batch_index, history = 0, 0, 0, []
+    sums = {"loss": 0.0, "count": 0}
+    if checkpoint is not None:
+        _load_state(programs.owner, params, checkpoint["state"])
+        optim.load_state_dict(checkpoint["optimizer"])
+        step, epoch, batch_index = checkpoint["step"], checkpoint["epoch"], checkpoint["batch_index"]
+        history, sums = list(checkpoint["history"]), dict(checkpoint["sums"])
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        if device.type == "cuda" and "cuda" in checkpoint["rng"]:
+            torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], device)
+    settings = {"batch_size": batch_size, "seed": seed, "num_data": num_data, "world": world, "lr": float(lr),
+                "objective": objective if isinstance(objective, str) else type(objective).__name__,
+                "kl_weight": schedule.to_dict(), "epochs": epochs}
+    writer = rank == 0 and run_dir is not None
+    if writer:
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+    def save() -> Path:
+        rng = {"torch": torch.get_rng_state()}
+        if device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(device)
+        state = {
+            "format": 1, "step": step, "epoch": epoch, "batch_index": batch_index,
+            "sums": dict(sums), "history": history, "rng": rng, "settings": settings,
+            "state": _state(programs.owner, params), "optimizer": optim.state_dict(),
+            "model": {"class": type(programs.owner).__name__, "config": getattr(programs.owner, "config", {})},
+            "record": dict(record or {}),
+        }
+        return save_checkpoint(state, run_dir / CHECKPOINT_NAME)
+
+    # ------------------------------------------------------------ loop
+    from tqdm.auto import tqdm
+
+    total_steps = epochs * steps_per_epoch
+    bar = tqdm(total=total_steps, initial=min(step, total_steps), disable=not progress or rank != 0,
+               desc="fit", unit="step", dynamic_ncols=True)
+    all_params = list(params.values())
+    start = time.perf_counter()
+    try:
+        with pyro.validation_enabled(False):
+            while epoch < epochs:
+                order = torch.randperm(num_data, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+                if world > 1:  # equal shards, padded by wrapping around, as DistributedSampler does
+                    order = torch.cat([order, order[: (-num_data) % world]])[rank::world]
+                batches = order.to(device).split(batch_size)
+                while batch_index < len(batches):
+                    xb = x[batches[batch_index]]
+                    weight = schedule(step)
+                    scaler.scale = num_data / xb.shape[0]  # N / B on each rank; averaging over ranks keeps it unbiased
+                    optim.zero_grad(set_to_none=True)
+                    loss = elbo.loss_and_grads(model, guide, xb, **programs.kwargs(weight))
+                    if not math.isfinite(loss):
+                        where = f"; the last good checkpoint is {run_dir / CHECKPOINT_NAME}" if writer and (run_dir / CHECKPOINT_NAME).exists() else ""
+                        raise TrainingDiverged(
+                            f"Training stopped: the loss became {loss} at step {step} (epoch {epoch + 1}, "
+                            f"batch {batch_index + 1}); this step's gradients were not applied{where}. "
+                            "Try a smaller lr, or check the data and the likelihood's scale."
+                        )
+                    if world > 1:
+                        _average_gradients(all_params, world)
+                    optim.step()
+                    step += 1
+                    batch_index += 1
+                    sums["loss"] += loss / num_data
+                    sums["count"] += 1
+                    bar.update(1)
+                    if step % 25 == 0 or batch_index == len(batches):
+                        bar.set_postfix(loss=f"{sums['loss'] / sums['count']:.2f}", epoch=epoch + 1, refresh=False)
+                    if writer and checkpoint_every and step % checkpoint_every == 0 and batch_index < len(batches):
+                        save()
+                row = {"epoch": epoch + 1, "step": step, "train_loss": sums["loss"] / max(sums["count"], 1),
+                       "kl_weight": schedule(step - 1)}
+                if x_valid is not None and rank == 0:
+                    row["valid_elbo"] = evaluate_elbo(obj, x_valid, seed=seed)
+                row["seconds"] = time.perf_counter() - start
+                history.append(row)
+                epoch, batch_index, sums = epoch + 1, 0, {"loss": 0.0, "count": 0}
+                if writer:
+                    _write_history(run_dir, history)
+                    save()
+    finally:
+        bar.close()
+    return FitResult(model=obj, history=history, run_dir=run_dir, step=step)
+
+
+def _average_gradients(params: list[torch.Tensor], world: int) -> None:
+    """Average gradients over ranks with one all-reduce of a flat buffer."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.distributed.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for p, g in zip(params, grads):
+        n = g.numel()
+        p.grad = flat[offset : offset + n].view_as(p).clone() if p.grad is None else p.grad.copy_(flat[offset : offset + n].view_as(p))
+        offset += n
