@@ -350,8 +350,8 @@ def fit(
     with pyro.validation_enabled(True):
         # one validated pass on a small batch: Pyro's own shape and support checks, once
         params, nesting = _inspect(programs, x[: min(num_data, 4)], programs.kwargs(schedule(0)))
-        if math.isinf(getattr(elbo, "max_plate_nesting", 0)):
-            elbo.max_plate_nesting = nesting
+        if math.isinf(getattr(elbo, "max_plate_nesting", 0)):  # as Pyro would guess, without the log line
+            elbo.max_plate_nesting = nesting + int(bool(getattr(elbo, "vectorize_particles", False)))
         elbo.loss(model, guide, x[: min(num_data, 4)], **programs.kwargs(schedule(0)))
     if not params:
         raise ValueError("The model and guide define no parameters (pyro.param or pyro.module): nothing to train")
