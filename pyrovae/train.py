@@ -18,6 +18,17 @@ How a step works
     batch before training and is then switched off for speed; the data are
     checked up front instead.
 
+Variant hooks (optional methods of the trained object; the trainer never asks a model's name)
+    * ``training_kwargs(step) -> dict``: extra keyword arguments for model and
+      guide at this step during training only (e.g. the capacity C of
+      Burgess et al.); evaluation never passes them, so it sees the true model.
+    * ``auxiliary_parameters() -> iterable of tensors`` with
+      ``auxiliary_loss(x) -> dict[str, Tensor]``: a second optimisation step
+      after each ELBO step (e.g. FactorVAE's discriminator).  ``fit`` owns its
+      optimizer (Adam, ``auxiliary_lr`` attribute, default 1e-4), minimises the
+      ``"loss"`` entry, logs every entry's epoch mean in the history with an
+      ``aux_`` prefix and checkpoints the optimizer with the rest.
+
 What ``fit`` guarantees
     * Bad input is refused before any work, with the expected form.
     * A NaN/Inf loss stops training *before* the bad gradients are applied, with
@@ -101,8 +112,20 @@ class Programs:
     owner: Any
     takes_kl_weight: bool
 
-    def kwargs(self, kl_weight: float) -> dict[str, float]:
-        return {"kl_weight": kl_weight} if self.takes_kl_weight else {}
+    def kwargs(self, kl_weight: float, step: int | None = None) -> dict[str, Any]:
+        """Keyword arguments for model and guide; ``step`` given means training."""
+        out: dict[str, Any] = {"kl_weight": kl_weight} if self.takes_kl_weight else {}
+        hook = getattr(self.owner, "training_kwargs", None)
+        if step is not None and callable(hook):
+            out.update(hook(step))
+        return out
+
+    def auxiliary(self) -> tuple[list[torch.Tensor], Callable | None]:
+        params_fn = getattr(self.owner, "auxiliary_parameters", None)
+        loss_fn = getattr(self.owner, "auxiliary_loss", None)
+        if callable(params_fn) and callable(loss_fn):
+            return list(params_fn()), loss_fn
+        return [], None
 
 
 def _accepts(fn: Callable, name: str) -> bool:
@@ -349,16 +372,23 @@ def fit(
     model, guide = scaler(programs.model), scaler(programs.guide)
     with pyro.validation_enabled(True):
         # one validated pass on a small batch: Pyro's own shape and support checks, once
-        params, nesting = _inspect(programs, x[: min(num_data, 4)], programs.kwargs(schedule(0)))
+        params, nesting = _inspect(programs, x[: min(num_data, 4)], programs.kwargs(schedule(0), 0))
         if math.isinf(getattr(elbo, "max_plate_nesting", 0)):  # as Pyro would guess, without the log line
             elbo.max_plate_nesting = nesting + int(bool(getattr(elbo, "vectorize_particles", False)))
-        elbo.loss(model, guide, x[: min(num_data, 4)], **programs.kwargs(schedule(0)))
+        elbo.loss(model, guide, x[: min(num_data, 4)], **programs.kwargs(schedule(0), 0))
     if not params:
         raise ValueError("The model and guide define no parameters (pyro.param or pyro.module): nothing to train")
     if world > 1:
         for p in params.values():
             torch.distributed.broadcast(p.data, src=0)
     optim = OPTIMIZERS[optimizer](list(params.values()), lr=lr)
+    aux_params, aux_loss = programs.auxiliary()
+    aux_optim = None
+    if aux_loss is not None:
+        if world > 1:
+            for p in aux_params:
+                torch.distributed.broadcast(p.data, src=0)
+        aux_optim = torch.optim.Adam(aux_params, lr=float(getattr(programs.owner, "auxiliary_lr", 1e-4)))
 
     steps_per_epoch = math.ceil(math.ceil(num_data / world) / batch_size)
     step, epoch, batch_index, history = 0, 0, 0, []
@@ -366,6 +396,8 @@ def fit(
     if checkpoint is not None:
         _load_state(programs.owner, params, checkpoint["state"])
         optim.load_state_dict(checkpoint["optimizer"])
+        if aux_optim is not None:
+            aux_optim.load_state_dict(checkpoint["aux_optimizer"])
         step, epoch, batch_index = checkpoint["step"], checkpoint["epoch"], checkpoint["batch_index"]
         history, sums = list(checkpoint["history"]), dict(checkpoint["sums"])
         torch.set_rng_state(checkpoint["rng"]["torch"])
@@ -386,6 +418,7 @@ def fit(
             "format": 1, "step": step, "epoch": epoch, "batch_index": batch_index,
             "sums": dict(sums), "history": history, "rng": rng, "settings": settings,
             "state": _state(programs.owner, params), "optimizer": optim.state_dict(),
+            "aux_optimizer": aux_optim.state_dict() if aux_optim is not None else {},
             "model": {"class": type(programs.owner).__name__, "config": getattr(programs.owner, "config", {})},
             "record": dict(record or {}),
         }
@@ -411,7 +444,7 @@ def fit(
                     weight = schedule(step)
                     scaler.scale = num_data / xb.shape[0]  # N / B on each rank; averaging over ranks keeps it unbiased
                     optim.zero_grad(set_to_none=True)
-                    loss = elbo.loss_and_grads(model, guide, xb, **programs.kwargs(weight))
+                    loss = elbo.loss_and_grads(model, guide, xb, **programs.kwargs(weight, step))
                     if not math.isfinite(loss):
                         where = f"; the last good checkpoint is {run_dir / CHECKPOINT_NAME}" if writer and (run_dir / CHECKPOINT_NAME).exists() else ""
                         raise TrainingDiverged(
@@ -422,6 +455,15 @@ def fit(
                     if world > 1:
                         _average_gradients(all_params, world)
                     optim.step()
+                    if aux_optim is not None:
+                        aux_optim.zero_grad(set_to_none=True)
+                        terms = aux_loss(xb)
+                        terms["loss"].backward()
+                        if world > 1:
+                            _average_gradients(aux_params, world)
+                        aux_optim.step()
+                        for key, value in terms.items():
+                            sums[f"aux_{key}"] = sums.get(f"aux_{key}", 0.0) + float(value)
                     step += 1
                     batch_index += 1
                     sums["loss"] += loss / num_data
@@ -431,8 +473,10 @@ def fit(
                         bar.set_postfix(loss=f"{sums['loss'] / sums['count']:.2f}", epoch=epoch + 1, refresh=False)
                     if writer and checkpoint_every and step % checkpoint_every == 0 and batch_index < len(batches):
                         save()
-                row = {"epoch": epoch + 1, "step": step, "train_loss": sums["loss"] / max(sums["count"], 1),
+                count = max(sums["count"], 1)
+                row = {"epoch": epoch + 1, "step": step, "train_loss": sums["loss"] / count,
                        "kl_weight": schedule(step - 1)}
+                row.update({k: v / count for k, v in sums.items() if k.startswith("aux_")})
                 if x_valid is not None and rank == 0:
                     row["valid_elbo"] = evaluate_elbo(obj, x_valid, seed=seed)
                 row["seconds"] = time.perf_counter() - start
