@@ -1,0 +1,28 @@
+"""Shared fixtures: deterministic seeds, a clean param store, and the shared data folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyro
+import pytest
+import torch
+
+#: verified copies of MNIST and binarized MNIST beside the checkout (absent on some machines)
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_state():
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    yield
+    pyro.clear_param_store()
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """Path to ../shared/data; skips the test cleanly when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data folder {SHARED_DATA} is absent")
+    return SHARED_DATA
