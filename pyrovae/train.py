@@ -431,6 +431,7 @@ def fit(
     bar = tqdm(total=total_steps, initial=min(step, total_steps), disable=not progress or rank != 0,
                desc="fit", unit="step", dynamic_ncols=True)
     all_params = list(params.values())
+    seconds_before = history[-1]["seconds"] if history else 0.0  # wall time is cumulative across resumes
     start = time.perf_counter()
     try:
         with pyro.validation_enabled(False):
@@ -479,7 +480,7 @@ def fit(
                 row.update({k: v / count for k, v in sums.items() if k.startswith("aux_")})
                 if x_valid is not None and rank == 0:
                     row["valid_elbo"] = evaluate_elbo(obj, x_valid, seed=seed)
-                row["seconds"] = time.perf_counter() - start
+                row["seconds"] = seconds_before + time.perf_counter() - start
                 history.append(row)
                 epoch, batch_index, sums = epoch + 1, 0, {"loss": 0.0, "count": 0}
                 if writer:
