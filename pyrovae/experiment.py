@@ -1,0 +1,146 @@
+"""A run: one serialisable configuration -> data, model, ``fit``, pictures and numbers.
+
+:class:`RunConfig` is the one run-configuration record; the CLI builds it from
+arguments, :func:`run` writes it to ``config.json`` and into every checkpoint,
+and ``run(..., resume=True)`` rebuilds the same run from the folder alone.
+
+A run folder holds::
+
+    config.json        the RunConfig
+    checkpoint.pt      parameters, optimizer, RNG, history (atomic, weights_only-safe)
+    history.csv/.json  per-epoch training loss and held-out ELBO
+    results.json       final numbers on the test split (true model, β = 1)
+    *.png              reconstructions, samples, traversals, KL per dimension, curves
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pyrovae import plots
+from pyrovae.datasets import load
+from pyrovae.models import MODELS, make_model
+from pyrovae.train import evaluate_elbo, fit
+
+__all__ = ["RunConfig", "run"]
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Everything needed to reproduce a training run (JSON-serialisable)."""
+
+    model: str = "vae"
+    model_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    dataset: str = "digits"
+    dataset_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    objective: str = "elbo"
+    num_particles: int | None = None
+    alpha: float | None = None
+    kl_weight: float | dict[str, Any] | None = None
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 1e-3
+    seed: int = 0
+    device: str = "auto"
+    checkpoint_every: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise ValueError(f"Expected model in {sorted(MODELS)}, got {self.model!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"Unknown run-config keys {unknown}; expected some of {sorted(names)}")
+        return cls(**data)
+
+    @classmethod
+    def load(cls, run_dir: str | os.PathLike) -> RunConfig:
+        path = Path(run_dir) / "config.json"
+        if not path.exists():
+            raise FileNotFoundError(f"No run at {run_dir}: {path} is missing")
+        return cls.from_dict(json.loads(path.read_text()))
+
+
+def run(
+    config: RunConfig | None,
+    out: str | os.PathLike,
+    *,
+    resume: bool = False,
+    epochs: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train ``config`` into the folder ``out`` and write pictures and numbers there.
+
+    :param config: the run; ``None`` with ``resume=True`` reads ``out/config.json``.
+    :param resume: continue the run in ``out`` from its checkpoint.
+    :param epochs: a new total number of epochs (to extend a resumed run).
+    :returns: the final numbers (also in ``out/results.json``), with the paths of
+        the pictures under ``"pictures"``.
+    """
+    out = Path(out)
+    if resume:
+        config = RunConfig.load(out)
+    elif config is None:
+        raise ValueError("run() needs a RunConfig unless resume=True")
+    if epochs is not None:
+        config = dataclasses.replace(config, epochs=epochs)
+    train = load(config.dataset, "train", **config.dataset_options)
+    valid = load(config.dataset, "valid", **config.dataset_options)
+    test = load(config.dataset, "test", **config.dataset_options)
+    options = {"likelihood": train.likelihood, **config.model_options}
+    model = make_model(config.model, x_shape=train.shape, **options)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
+    result = fit(
+        model,
+        train,
+        objective=config.objective,
+        num_particles=config.num_particles,
+        alpha=config.alpha,
+        kl_weight=config.kl_weight,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        valid_data=valid,
+        seed=config.seed,
+        device=config.device,
+        out=out,
+        checkpoint_every=config.checkpoint_every,
+        resume=resume,
+        progress=progress,
+        record=config.to_dict(),
+    )
+    model.eval()
+    x_test = test.x
+    kl = plots.kl_per_dimension(model, x_test)
+    numbers: dict[str, Any] = {
+        "dataset": config.dataset,
+        "model": config.model,
+        "test_elbo": evaluate_elbo(model, x_test, seed=config.seed),
+        "test_points": len(test),
+        "kl_per_dimension": [round(v, 4) for v in kl.tolist()],
+        "active_dimensions": int((kl > 0.01).sum()),
+        "epochs": len(result.history),
+        "steps": result.step,
+        "train_seconds": round(result.final.get("seconds", 0.0), 2),
+    }
+    pictures = {
+        "reconstructions": plots.reconstruction_grid(model, x_test, out / "reconstructions.png"),
+        "samples": plots.samples_grid(model, out / "samples.png", seed=config.seed),
+        "traversals": plots.traversal_grid(model, x_test, out / "traversals.png", order_by_kl=kl),
+        "kl_per_dimension": plots.kl_bar_chart(kl, out / "kl_per_dimension.png"),
+        "history": plots.history_plot(result.history, out / "history.png"),
+    }
+    numbers["pictures"] = {k: str(v) for k, v in pictures.items()}
+    (out / "results.json").write_text(json.dumps(numbers, indent=1))
+    return numbers

@@ -1,0 +1,177 @@
+"""Pictures of a trained model: reconstructions, samples, traversals, KL per dimension, curves.
+
+Image grids are written with torchvision's ``save_image`` (PNG); charts with
+matplotlib's non-interactive Agg backend, imported inside the functions that
+draw them.  Every function takes the output path and returns it.
+
+Models are used through a small interface: ``x_shape``, ``z_dim``,
+``posterior(x)`` (a distribution with ``.mean``/``.base_dist``), ``prior()``,
+``decoder`` and ``observation.mean(params)`` -- what :class:`pyrovae.VAE` has.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "as_images",
+    "reconstruction_grid",
+    "samples_grid",
+    "traversal_grid",
+    "kl_per_dimension",
+    "kl_bar_chart",
+    "history_plot",
+]
+
+
+def as_images(x: torch.Tensor, x_shape: Sequence[int]) -> torch.Tensor:
+    """Reshape a batch of data points to ``(N, C, H, W)`` for drawing.
+
+    Flat vectors of a square length are drawn as square grey images.
+    """
+    x_shape = tuple(x_shape)
+    if len(x_shape) == 3:
+        return x.reshape(-1, *x_shape)
+    if len(x_shape) == 2:
+        return x.reshape(-1, 1, *x_shape)
+    side = math.isqrt(x_shape[0])
+    if side * side != x_shape[0]:
+        raise ValueError(f"Cannot draw data points of shape {x_shape} as images (not a square length)")
+    return x.reshape(-1, 1, side, side)
+
+
+def _save(images: torch.Tensor, path: str | os.PathLike, nrow: int) -> Path:
+    from torchvision.utils import save_image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images = images.detach().float().cpu()
+    if images.shape[1] not in (1, 3):  # other channel counts: show the first channel
+        images = images[:, :1]
+    save_image(images.clamp(0, 1), path, nrow=nrow, padding=2, pad_value=0.5)
+    return path
+
+
+def _decode_mean(vae: Any, z: torch.Tensor) -> torch.Tensor:
+    return vae.observation.mean(vae.decoder(z))
+
+
+@torch.no_grad()
+def reconstruction_grid(vae: Any, x: torch.Tensor, path: str | os.PathLike, *, num: int = 16) -> Path:
+    """Pairs of rows: data points, then the mean of p(x | z) at their posterior means."""
+    x = x[:num].to(_device(vae))
+    recon = _decode_mean(vae, vae.posterior(x).mean)
+    rows = []
+    per_row = min(8, len(x))
+    for start in range(0, len(x), per_row):
+        rows += [as_images(x[start : start + per_row], vae.x_shape), as_images(recon[start : start + per_row], vae.x_shape)]
+    return _save(torch.cat(rows), path, nrow=per_row)
+
+
+@torch.no_grad()
+def samples_grid(vae: Any, path: str | os.PathLike, *, num: int = 64, seed: int = 0) -> Path:
+    """Means of p(x | z) for ``num`` draws of z from the prior (fixed seed)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        z = vae.prior().sample((num,))
+    return _save(as_images(_decode_mean(vae, z), vae.x_shape), path, nrow=int(math.ceil(math.sqrt(num))))
+
+
+@torch.no_grad()
+def kl_per_dimension(vae: Any, x: torch.Tensor, *, batch_size: int = 1000) -> torch.Tensor:
+    """Average KL(q(z_j | x) || p(z_j)) for each latent dimension j, in nats (diagonal Normal q and p)."""
+    from torch.distributions import kl_divergence
+
+    total = torch.zeros(vae.z_dim)
+    prior = vae.prior()
+    prior = getattr(prior, "base_dist", prior)
+    for xb in x.split(batch_size):
+        q = vae.posterior(xb.to(_device(vae)))
+        total += kl_divergence(getattr(q, "base_dist", q), prior).sum(0).cpu()
+    return total / x.shape[0]
+
+
+@torch.no_grad()
+def traversal_grid(
+    vae: Any,
+    x: torch.Tensor,
+    path: str | os.PathLike,
+    *,
+    num_seeds: int = 3,
+    num_values: int = 9,
+    limit: float = 3.0,
+    dims: Sequence[int] | None = None,
+    order_by_kl: torch.Tensor | None = None,
+) -> Path:
+    """Latent traversals: one row per latent dimension, columns sweep that
+    dimension over ``[-limit, limit]`` around a data point's posterior mean.
+
+    Rows are ordered by decreasing KL (pass ``order_by_kl``, e.g. from
+    :func:`kl_per_dimension`, or it is computed on ``x``); one block of rows
+    per seed image (``num_seeds`` images from ``x``).
+    """
+    if dims is None:
+        kl = order_by_kl if order_by_kl is not None else kl_per_dimension(vae, x)
+        dims = torch.argsort(kl, descending=True).tolist()
+    values = torch.linspace(-limit, limit, num_values)
+    blocks = []
+    for seed_x in x[:num_seeds].to(_device(vae)):
+        base = vae.posterior(seed_x.unsqueeze(0)).mean[0]
+        z = base.repeat(len(dims), num_values, 1)
+        for row, d in enumerate(dims):
+            z[row, :, d] = values.to(z)
+        blocks.append(as_images(_decode_mean(vae, z.reshape(-1, vae.z_dim)), vae.x_shape))
+    return _save(torch.cat(blocks), path, nrow=num_values)
+
+
+def kl_bar_chart(kl: torch.Tensor, path: str | os.PathLike) -> Path:
+    """Bar chart of KL per latent dimension (nats)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(4, 0.4 * len(kl)), 3))
+    ax.bar(range(len(kl)), kl.tolist(), color="tab:blue")
+    ax.set_xlabel("latent dimension")
+    ax.set_ylabel("KL(q(z_j|x) || p(z_j)) [nats]")
+    ax.set_xticks(range(len(kl)))
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def history_plot(history: Sequence[Mapping[str, float]], path: str | os.PathLike) -> Path:
+    """Training loss and held-out ELBO per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] for row in history]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(epochs, [-row["train_loss"] for row in history], label="train objective / point")
+    if history and "valid_elbo" in history[0]:
+        ax.plot(epochs, [row["valid_elbo"] for row in history], label="held-out ELBO / point (β = 1)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("nats")
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _device(vae: Any) -> torch.device:
+    for p in vae.parameters():
+        return p.device
+    return torch.device("cpu")
