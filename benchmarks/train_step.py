@@ -1,0 +1,152 @@
+"""Time pyrovae's training step against hand-written PyTorch, in one process.
+
+Network: 784-400-20 MLP VAE, Bernoulli likelihood on logits, batch 128, Adam(lr=1e-3), 2 threads.
+
+Measured per step (median over interleaved repetitions, so machine noise hits every contender alike):
+
+* ``hand ELBO``  -- hand-written step: closed-form KL, ``binary_cross_entropy_with_logits``.
+* ``pyrovae elbo`` -- ``pyrovae.fit(vae, x, objective="elbo")``: Pyro's ``Trace_ELBO``.
+* ``pyro SVI``   -- plain ``pyro.infer.SVI`` with ``Trace_ELBO`` and ``pyro.optim.Adam`` (for reference).
+* ``hand IWAE``  -- hand-written K=5 importance-weighted bound, vectorized over K.
+* ``pyrovae iwae`` -- ``pyrovae.fit(..., objective="iwae", num_particles=5)``: Pyro's vectorized ``RenyiELBO``.
+
+``fit``'s per-step time is the difference between a run of E epochs and a run of 1 epoch on the same
+data, divided by the extra steps, so its one-off set-up (data checks, tracing) cancels out; the
+hand-written loops are timed the same way.  Every contender uses the optimizer ``fit`` uses, so the
+ratio measures the step, not a choice of optimizer implementation; the hand-written step with
+PyTorch's default (single-tensor) Adam is printed too.
+
+Run: ``python benchmarks/train_step.py [--reps 5] [--steps 100] [--epochs 4]``.
+Targets (issue 2): pyrovae elbo <= 1.15x hand ELBO; pyrovae iwae <= 1.15x hand IWAE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+
+import pyro
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import pyrovae
+from pyrovae.train import OPTIMIZERS, optimizer_options
+
+X_DIM, Z_DIM, HIDDEN, BATCH = 784, 20, 400, 128
+
+
+class HandVAE(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Sequential(nn.Linear(X_DIM, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 2 * Z_DIM))
+        self.dec = nn.Sequential(nn.Linear(Z_DIM, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, X_DIM))
+
+    def encode(self, x):
+        loc, raw = self.enc(x).chunk(2, -1)
+        return loc, F.softplus(raw) + 1e-5
+
+    def elbo_loss(self, x, num_data):
+        loc, scale = self.encode(x)
+        z = loc + scale * torch.randn_like(loc)
+        rec = F.binary_cross_entropy_with_logits(self.dec(z), x, reduction="sum")
+        kl = 0.5 * (loc.pow(2) + scale.pow(2) - 1).sum() - scale.log().sum()
+        return (rec + kl) * num_data / x.shape[0]
+
+    def iwae_loss(self, x, num_data, k=5):
+        loc, scale = self.encode(x)
+        eps = torch.randn((k,) + loc.shape)
+        z = loc + scale * eps
+        log_px = -F.binary_cross_entropy_with_logits(self.dec(z), x.expand((k,) + x.shape), reduction="none").sum(-1)
+        log_pz = -0.5 * z.pow(2).sum(-1)
+        log_qz = -0.5 * eps.pow(2).sum(-1) - scale.log().sum(-1)
+        log_w = log_px + log_pz - log_qz  # the 2π constants cancel between p(z) and q(z|x)
+        return -(torch.logsumexp(log_w, 0) - math.log(k)).sum() * num_data / x.shape[0]
+
+
+def hand_loop(x, epochs, loss_name, optimizer_kwargs):
+    model = HandVAE()
+    optim = torch.optim.Adam(model.parameters(), lr=1e-3, **optimizer_kwargs)
+    loss_fn = getattr(model, loss_name)
+    n = x.shape[0]
+    start = time.perf_counter()
+    for _ in range(epochs):
+        for idx in torch.randperm(n).split(BATCH):
+            optim.zero_grad(set_to_none=True)
+            loss_fn(x[idx], n).backward()
+            optim.step()
+    return time.perf_counter() - start
+
+
+def pyrovae_run(x, epochs, objective, num_particles=None):
+    vae = pyrovae.VAE((X_DIM,), Z_DIM, hidden=(HIDDEN,))
+    start = time.perf_counter()
+    pyrovae.fit(vae, x, objective=objective, num_particles=num_particles, epochs=epochs, batch_size=BATCH,
+                lr=1e-3, progress=False, device="cpu")
+    return time.perf_counter() - start
+
+
+def svi_run(x, epochs):
+    pyro.clear_param_store()
+    vae = pyrovae.VAE((X_DIM,), Z_DIM, hidden=(HIDDEN,))
+    svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), pyro.infer.Trace_ELBO())
+    n = x.shape[0]
+    scaled_model = pyrovae.plate_scale("data", n / BATCH)(vae.model)
+    scaled_guide = pyrovae.plate_scale("data", n / BATCH)(vae.guide)
+    svi = pyro.infer.SVI(scaled_model, scaled_guide, pyro.optim.Adam({"lr": 1e-3}), pyro.infer.Trace_ELBO())
+    start = time.perf_counter()
+    for _ in range(epochs):
+        for idx in torch.randperm(n).split(BATCH):
+            svi.step(x[idx])
+    return time.perf_counter() - start
+
+
+def main(argv=None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=100, help="steps per epoch")
+    parser.add_argument("--epochs", type=int, default=4, help="epochs of the long run (the short run has 1)")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    x = torch.bernoulli(torch.rand(args.steps * BATCH, X_DIM))
+    extra = (args.epochs - 1) * args.steps
+    fit_kwargs = optimizer_options(OPTIMIZERS["adam"], device=torch.device("cpu"))
+
+    contenders = {
+        "hand ELBO (same Adam as fit)": lambda e: hand_loop(x, e, "elbo_loss", fit_kwargs),
+        "hand ELBO (default Adam)": lambda e: hand_loop(x, e, "elbo_loss", {}),
+        "pyrovae elbo": lambda e: pyrovae_run(x, e, "elbo"),
+        "pyro SVI + Trace_ELBO": lambda e: svi_run(x, e),
+        "hand IWAE k=5 (same Adam as fit)": lambda e: hand_loop(x, e, "iwae_loss", fit_kwargs),
+        "pyrovae iwae k=5": lambda e: pyrovae_run(x, e, "iwae", 5),
+    }
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    with pyro.validation_enabled(False):
+        for name, f in contenders.items():  # warm-up
+            f(1)
+        for _ in range(args.reps):
+            for name, f in contenders.items():
+                times[name].append((f(args.epochs) - f(1)) / extra * 1e3)
+    med = {name: statistics.median(v) for name, v in times.items()}
+    print(f"per-step time, median of {args.reps} interleaved repetitions ({extra} steps each), {args.threads} threads")
+    for name, v in med.items():
+        spread = f"[{min(times[name]):.2f}, {max(times[name]):.2f}]"
+        print(f"  {name:34s} {v:7.2f} ms  {spread}")
+    ratios = {
+        "pyrovae elbo / hand ELBO (same Adam)": med["pyrovae elbo"] / med["hand ELBO (same Adam as fit)"],
+        "pyrovae elbo / hand ELBO (default Adam)": med["pyrovae elbo"] / med["hand ELBO (default Adam)"],
+        "pyro SVI / hand ELBO (default Adam)": med["pyro SVI + Trace_ELBO"] / med["hand ELBO (default Adam)"],
+        "pyrovae iwae / hand IWAE (same Adam)": med["pyrovae iwae k=5"] / med["hand IWAE k=5 (same Adam as fit)"],
+    }
+    print("ratios (target: pyrovae <= 1.15x the hand-written step)")
+    for name, r in ratios.items():
+        print(f"  {name:42s} {r:5.2f}x")
+    return ratios
+
+
+if __name__ == "__main__":
+    main()
