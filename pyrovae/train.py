@@ -166,14 +166,14 @@ def _as_tensor(data: Any, name: str) -> torch.Tensor:
 
 
 def _validate_data(programs: Programs, x: torch.Tensor, name: str) -> None:
+    if x.dim() < 1 or x.shape[0] < 1:
+        raise ValueError(f"Expected {name} of shape (N, ...) with N >= 1, got {tuple(x.shape)}")
     check = getattr(programs.owner, "validate_data", None)
     if callable(check):
         check(x, name)
         return
     if not x.is_floating_point():
         raise TypeError(f"Expected {name} to have a floating dtype (e.g. torch.float32), got {x.dtype}")
-    if x.dim() < 1 or x.shape[0] < 1:
-        raise ValueError(f"Expected {name} of shape (N, ...) with N >= 1, got {tuple(x.shape)}")
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"Expected {name} to be finite, found {int((~torch.isfinite(x)).sum())} NaN/Inf values")
 
@@ -341,8 +341,8 @@ def fit(
     _check_positive_int("seed", seed, minimum=0)
     if checkpoint_every is not None:
         _check_positive_int("checkpoint_every", checkpoint_every)
-    if not (isinstance(lr, (int, float)) and lr > 0):
-        raise ValueError(f"Expected lr > 0, got {lr!r}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"Expected lr to be a finite number > 0, got {lr!r}")
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"Expected optimizer in {sorted(OPTIMIZERS)}, got {optimizer!r}")
     if resume and out is None:
@@ -372,8 +372,9 @@ def fit(
     if resume and run_dir is not None and (run_dir / CHECKPOINT_NAME).exists():
         checkpoint = load_checkpoint(run_dir / CHECKPOINT_NAME)
         settings = checkpoint["settings"]
-        for key, now in (("batch_size", batch_size), ("seed", seed), ("num_data", num_data), ("world", world)):
-            if settings[key] != now:
+        for key, now in (("batch_size", batch_size), ("seed", seed), ("num_data", num_data), ("world", world),
+                         ("optimizer", optimizer), ("lr", float(lr))):
+            if settings.get(key, now) != now:
                 raise ValueError(f"Cannot resume {run_dir}: it was trained with {key}={settings[key]}, now {now}")
     pyro.set_rng_seed(seed)
     scaler = plate_scale("data", 1.0)
@@ -414,6 +415,7 @@ def fit(
         if device.type == "cuda" and "cuda" in checkpoint["rng"]:
             torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], device)
     settings = {"batch_size": batch_size, "seed": seed, "num_data": num_data, "world": world, "lr": float(lr),
+                "optimizer": optimizer,
                 "objective": objective if isinstance(objective, str) else type(objective).__name__,
                 "kl_weight": schedule.to_dict(), "epochs": epochs}
     writer = rank == 0 and run_dir is not None
@@ -456,6 +458,8 @@ def fit(
                     scaler.scale = num_data / xb.shape[0]  # N / B on each rank; averaging over ranks keeps it unbiased
                     optim.zero_grad(set_to_none=True)
                     loss = elbo.loss_and_grads(model, guide, xb, **programs.kwargs(weight, step))
+                    if world > 1:  # one all-reduce: gradients and the loss, so every rank sees a NaN anywhere
+                        loss = _average_gradients(all_params, world, loss)
                     if not math.isfinite(loss):
                         where = f"; the last good checkpoint is {run_dir / CHECKPOINT_NAME}" if writer and (run_dir / CHECKPOINT_NAME).exists() else ""
                         raise TrainingDiverged(
@@ -463,8 +467,6 @@ def fit(
                             f"batch {batch_index + 1}); this step's gradients were not applied{where}. "
                             "Try a smaller lr, or check the data and the likelihood's scale."
                         )
-                    if world > 1:
-                        _average_gradients(all_params, world)
                     optim.step()
                     if aux_optim is not None:
                         aux_optim.zero_grad(set_to_none=True)
@@ -501,14 +503,22 @@ def fit(
     return FitResult(model=obj, history=history, run_dir=run_dir, step=step)
 
 
-def _average_gradients(params: list[torch.Tensor], world: int) -> None:
-    """Average gradients over ranks with one all-reduce of a flat buffer."""
+def _average_gradients(params: list[torch.Tensor], world: int, loss: float | None = None) -> float | None:
+    """Average gradients (and ``loss``, if given) over ranks with one all-reduce of a flat buffer."""
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
+    parts = [g.reshape(-1) for g in grads]
+    if loss is not None:
+        parts.append(torch.tensor([loss], dtype=parts[0].dtype, device=parts[0].device))
+    flat = torch.cat(parts)
     torch.distributed.all_reduce(flat)
     flat /= world
     offset = 0
     for p, g in zip(params, grads):
         n = g.numel()
-        p.grad = flat[offset : offset + n].view_as(p).clone() if p.grad is None else p.grad.copy_(flat[offset : offset + n].view_as(p))
+        averaged = flat[offset : offset + n].view_as(p)
+        if p.grad is None:
+            p.grad = averaged.clone()
+        else:
+            p.grad.copy_(averaged)
         offset += n
+    return float(flat[-1]) if loss is not None else None
