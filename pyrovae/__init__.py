@@ -5,11 +5,15 @@ Define a generative model as a Pyro ``model``/``guide`` pair (or use one of
 :data:`OBJECTIVES`, and evaluate the true model.
 """
 
+from pyrovae.amortization import AmortizationGap, amortization_gap
 from pyrovae.checkpoint import load_checkpoint, save_checkpoint
+from pyrovae.compare import EstimatorComparison, compare_estimators
 from pyrovae.datasets import DATASETS, DataSet
 from pyrovae.handlers import kl_scale, plate_scale
 from pyrovae.likelihoods import LIKELIHOODS
-from pyrovae.models import MODELS, VAE, BetaVAE, make_model
+from pyrovae.metrics import METRICS, GroundTruth, evaluate_metrics
+from pyrovae.metrics.likelihood import LogLikelihoodResult, iwae_bound, log_likelihood
+from pyrovae.models import MODELS, VAE, BetaTCVAE, BetaVAE, CapacityVAE, DIPVAE, FactorVAE, make_model
 from pyrovae.objectives import OBJECTIVES, make_objective
 from pyrovae.schedules import SCHEDULES, Constant, Cyclical, Linear, make_schedule
 from pyrovae.train import FitResult, TrainingDiverged, evaluate_elbo, fit
@@ -17,6 +21,20 @@ from pyrovae.train import FitResult, TrainingDiverged, evaluate_elbo, fit
 __version__ = "0.1.0"
 
 __all__ = [
+    "AmortizationGap",
+    "BetaTCVAE",
+    "CapacityVAE",
+    "DIPVAE",
+    "EstimatorComparison",
+    "FactorVAE",
+    "GroundTruth",
+    "LogLikelihoodResult",
+    "METRICS",
+    "amortization_gap",
+    "compare_estimators",
+    "evaluate_metrics",
+    "iwae_bound",
+    "log_likelihood",
     "DATASETS",
     "LIKELIHOODS",
     "MODELS",

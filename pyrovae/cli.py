@@ -12,21 +12,24 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pyrovae.datasets import DATASETS
-from pyrovae.experiment import RunConfig, run
-from pyrovae.models import MODELS
+from pyrovae.compare import DEFAULT_OBJECTIVES, compare_estimators
+from pyrovae.datasets import DATASETS, load
+from pyrovae.experiment import RunConfig, evaluate_run, run, sweep
+from pyrovae.metrics import METRICS
+from pyrovae.models import MODELS, make_model
 from pyrovae.objectives import OBJECTIVES
-from pyrovae.train import TrainingDiverged
+from pyrovae.train import TrainingDiverged, fit
 
 __all__ = ["main", "DEMO"]
 
-#: the main job: a β-VAE on a built-in data set, no download, a few minutes on 2 cores
+#: the main job: a β-VAE on procedural sprites (dSprites' factor grid, rendered here, no
+#: download); about 2,000 steps, a few minutes on 2 cores
 DEMO = RunConfig(
     model="beta_vae",
-    model_options={"z_dim": 10, "beta": 4.0, "hidden": [256, 128]},
-    dataset="digits",
-    dataset_options={"binarize": True},
-    epochs=150,
+    model_options={"z_dim": 10, "beta": 4.0, "channels": [16, 16, 32, 32], "hidden": [128]},
+    dataset="sprites",
+    dataset_options={"num_train": 8000},
+    epochs=16,
     batch_size=64,
     lr=1e-3,
     seed=0,
@@ -70,11 +73,64 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", default="auto", help="cpu, cuda or auto")
     train.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
-    train.add_argument("--binarize", action="store_true", help="binarize the data set (where it offers it)")
+    train.add_argument("--binarize", nargs="?", const=True, default=None, metavar="MODE",
+                       help="binarize the data (digits: a flag; mnist, fashion_mnist: dynamic or static)")
+    train.add_argument("--data-root", default=None, help="data folder (default: $PYROVAE_DATA_DIR or ~/.cache/pyrovae)")
+    train.add_argument("--num-train", type=int, default=None, help="training points (sprites, dsprites)")
     train.add_argument("--out", default=None, help="run folder (default: runs/<model>-<dataset>)")
     train.add_argument("--resume", metavar="RUN", default=None, help="continue the run in this folder")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    evaluate = sub.add_parser("evaluate", help="log p(x), ELBO, IWAE-k bounds (and disentanglement metrics) of a run")
+    evaluate.add_argument("run_dir", metavar="RUN", help="a run folder written by train or demo")
+    evaluate.add_argument("--num-samples", type=int, default=5000, help="importance samples per point (K)")
+    evaluate.add_argument("--num-points", type=int, default=None, help="test points to use (default: all)")
+    evaluate.add_argument("--metrics", nargs="*", default=[], metavar="NAME",
+                          help=f"disentanglement metrics: all or some of {', '.join(METRICS)}")
+    evaluate.add_argument("--metric-points", type=int, default=None,
+                          help="train points per metric (default: disentanglement_lib's 10,000; test = half)")
+
+    compare = sub.add_parser("compare-estimators", help="bound, gradient variance and SNR of several objectives")
+    compare.add_argument("--model", default="vae", choices=sorted(MODELS))
+    compare.add_argument("--dataset", default="digits", choices=sorted(DATASETS))
+    compare.add_argument("--binarize", nargs="?", const=True, default=True, metavar="MODE")
+    compare.add_argument("--objectives", nargs="+", default=list(DEFAULT_OBJECTIVES), metavar="SPEC",
+                         help="names or name:key=value,... (e.g. iwae:num_particles=10 graph:pathwise=False)")
+    compare.add_argument("--num-repeats", type=int, default=50)
+    compare.add_argument("--batch-size", type=int, default=64)
+    compare.add_argument("--epochs", type=int, default=5, help="train first (untrained gradients say little)")
+    compare.add_argument("--seed", type=int, default=0)
+
+    sweep_ = sub.add_parser("sweep", help="one run per β and the reconstruction/disentanglement trade-off figure")
+    sweep_.add_argument("--model", default="beta_vae", choices=sorted(MODELS))
+    sweep_.add_argument("--beta", type=float, nargs="+", required=True)
+    sweep_.add_argument("--dataset", default="sprites", choices=sorted(DATASETS))
+    sweep_.add_argument("--num-train", type=int, default=None)
+    sweep_.add_argument("--z-dim", type=int, default=10)
+    sweep_.add_argument("--epochs", type=int, default=10)
+    sweep_.add_argument("--batch-size", type=int, default=64)
+    sweep_.add_argument("--seed", type=int, default=0)
+    sweep_.add_argument("--metrics", nargs="*", default=["mig", "dci", "sap", "factor_vae_score", "beta_vae_score"])
+    sweep_.add_argument("--metric-points", type=int, default=None)
+    sweep_.add_argument("--out", default="runs/sweep")
+    sweep_.add_argument("--no-progress", action="store_true")
     return parser
+
+
+def _metric_options(points: int | None) -> dict:
+    return {} if points is None else {"num_train": points, "num_test": max(points // 2, 1)}
+
+
+def _print_table(rows: dict) -> None:
+    width = max(len(k) for k in rows)
+    for key, value in rows.items():
+        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        print(f"  {key:<{width}}  {shown}")
+
+
+def _dataset_options(args: argparse.Namespace) -> dict:
+    options = {"binarize": args.binarize, "root": args.data_root, "num_train": args.num_train}
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def _train_config(args: argparse.Namespace) -> RunConfig:
@@ -87,7 +143,7 @@ def _train_config(args: argparse.Namespace) -> RunConfig:
         model=args.model,
         model_options=model_options,
         dataset=args.dataset,
-        dataset_options={"binarize": True} if args.binarize else {},
+        dataset_options=_dataset_options(args),
         objective=args.objective,
         num_particles=args.num_particles,
         alpha=args.alpha,
@@ -129,6 +185,30 @@ def main(argv: Sequence[str] | None = None) -> int:
                 out = Path(args.out or f"runs/{config.model}-{config.dataset}")
                 numbers = run(config, out, progress=not args.no_progress)
             _report(numbers, out)
+        elif args.command == "evaluate":
+            metrics = list(METRICS) if "all" in args.metrics else args.metrics
+            numbers = evaluate_run(args.run_dir, num_samples=args.num_samples, num_points=args.num_points,
+                                   metrics=metrics, metric_options=_metric_options(args.metric_points))
+            print(f"evaluation of {args.run_dir} (true model, β = 1; K = {args.num_samples}):")
+            _print_table(numbers)
+            print(f"written to {Path(args.run_dir) / 'evaluation.json'}")
+        elif args.command == "compare-estimators":
+            data = load(args.dataset, "train", **({"binarize": args.binarize} if args.dataset in ("digits", "mnist", "fashion_mnist") else {}))
+            model = make_model(args.model, x_shape=data.shape, likelihood=data.likelihood)
+            if args.epochs:
+                fit(model, data, epochs=args.epochs, seed=args.seed, device="cpu", progress=False)
+            compare_estimators(model, data, args.objectives, num_repeats=args.num_repeats,
+                               batch_size=args.batch_size, seed=args.seed, verbose=True)
+        elif args.command == "sweep":
+            dataset_options = {} if args.num_train is None else {"num_train": args.num_train}
+            config = RunConfig(model=args.model, model_options={"z_dim": args.z_dim}, dataset=args.dataset,
+                               dataset_options=dataset_options, epochs=args.epochs, batch_size=args.batch_size,
+                               seed=args.seed)
+            rows = sweep(config, args.beta, args.out, metrics=args.metrics,
+                         metric_options=_metric_options(args.metric_points), progress=not args.no_progress)
+            for row in rows:
+                print(", ".join(f"{k}={v:.3f}" for k, v in row.items()))
+            print(f"trade-off figure: {Path(args.out) / 'tradeoff.png'}; numbers: {Path(args.out) / 'sweep.json'}")
     except (ValueError, TypeError, FileNotFoundError, TrainingDiverged, json.JSONDecodeError) as e:
         print(f"pyrovae: error: {e}", file=sys.stderr)
         return 2

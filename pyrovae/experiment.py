@@ -18,15 +18,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from pyrovae import plots
+from pyrovae.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from pyrovae.datasets import load
+from pyrovae.metrics import evaluate_metrics
+from pyrovae.metrics.likelihood import log_likelihood
 from pyrovae.models import MODELS, make_model
 from pyrovae.train import evaluate_elbo, fit
 
-__all__ = ["RunConfig", "run"]
+__all__ = ["RunConfig", "run", "load_run", "evaluate_run", "reconstruction_error", "sweep"]
 
 
 @dataclasses.dataclass
@@ -144,3 +150,95 @@ def run(
     numbers["pictures"] = {k: str(v) for k, v in pictures.items()}
     (out / "results.json").write_text(json.dumps(numbers, indent=1))
     return numbers
+
+
+def load_run(run_dir: str | os.PathLike) -> tuple[RunConfig, Any]:
+    """The config and the trained model of a run folder (parameters from its checkpoint)."""
+    run_dir = Path(run_dir)
+    config = RunConfig.load(run_dir)
+    checkpoint = load_checkpoint(run_dir / CHECKPOINT_NAME)
+    train = load(config.dataset, "train", **config.dataset_options)
+    options = {"likelihood": train.likelihood, **config.model_options}
+    model = make_model(config.model, x_shape=train.shape, **options)
+    model.load_state_dict(checkpoint["state"]["module"])
+    model.eval()
+    return config, model
+
+
+@torch.no_grad()
+def reconstruction_error(model: Any, x: torch.Tensor, *, batch_size: int = 500) -> float:
+    """-log p(x | z) at the posterior mean, averaged over points (nats): the distortion axis of the β trade-off."""
+    total = 0.0
+    for xb in x.split(batch_size):
+        total -= float(model.likelihood(model.posterior(xb).mean).log_prob(xb).sum())
+    return total / x.shape[0]
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike,
+    *,
+    num_samples: int = 5000,
+    num_points: int | None = None,
+    metrics: Sequence[str] = (),
+    metric_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Evaluate a run's model on its test split: ELBO, IWAE-k bounds, importance-sampled
+    log p(x) (true model, β = 1), bits/dim, share of Pareto k-hat > 0.7, and optionally
+    disentanglement metrics (for data sets with ground-truth factors).  Writes
+    ``evaluation.json`` in the run folder."""
+    run_dir = Path(run_dir)
+    config, model = load_run(run_dir)
+    test = load(config.dataset, "test", **config.dataset_options)
+    x = test.x if num_points is None else test.x[:num_points]
+    result = log_likelihood(model, x, num_samples=num_samples, seed=config.seed)
+    numbers: dict[str, Any] = {"num_points": int(x.shape[0]), **result.summary(),
+                               "reconstruction_error": reconstruction_error(model, x)}
+    if metrics:
+        factors = test.info.get("factors")
+        if factors is None:
+            raise ValueError(f"Disentanglement metrics need a data set with ground-truth factors; {config.dataset!r} has none")
+        numbers.update(evaluate_metrics(_representation(model), factors, names=tuple(metrics), **(metric_options or {})))
+    (run_dir / "evaluation.json").write_text(json.dumps(numbers, indent=1))
+    return numbers
+
+
+def _representation(model: Any):
+    @torch.no_grad()
+    def represent(images: torch.Tensor) -> torch.Tensor:
+        return model.posterior(images.to(next(model.parameters()).device)).mean.cpu()
+
+    return represent
+
+
+def sweep(
+    config: RunConfig,
+    betas: Sequence[float],
+    out: str | os.PathLike,
+    *,
+    metrics: Sequence[str] = ("mig", "dci", "sap", "factor_vae_score", "beta_vae_score"),
+    metric_options: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Train one run per β (the training KL weight) and draw reconstruction error
+    against each disentanglement metric: the β trade-off (Higgins et al. 2017).
+
+    Writes ``out/beta_<β>/`` run folders, ``out/sweep.json`` and ``out/tradeoff.png``.
+    """
+    out = Path(out)
+    rows = []
+    for beta in betas:
+        if not beta > 0:
+            raise ValueError(f"Expected every beta > 0, got {beta!r}")
+        run_dir = out / f"beta_{beta:g}"
+        run(dataclasses.replace(config, kl_weight=float(beta)), run_dir, progress=progress)
+        _, model = load_run(run_dir)
+        test = load(config.dataset, "test", **config.dataset_options)
+        row = {"beta": float(beta), "reconstruction_error": reconstruction_error(model, test.x),
+               "test_elbo": evaluate_elbo(model, test.x, seed=config.seed)}
+        factors = test.info.get("factors")
+        if factors is not None and metrics:
+            row.update(evaluate_metrics(_representation(model), factors, names=tuple(metrics), **(metric_options or {})))
+        rows.append(row)
+    (out / "sweep.json").write_text(json.dumps(rows, indent=1))
+    plots.tradeoff_plot(rows, out / "tradeoff.png")
+    return rows

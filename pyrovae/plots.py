@@ -27,6 +27,7 @@ __all__ = [
     "kl_per_dimension",
     "kl_bar_chart",
     "history_plot",
+    "tradeoff_plot",
 ]
 
 
@@ -175,3 +176,30 @@ def _device(vae: Any) -> torch.device:
     for p in vae.parameters():
         return p.device
     return torch.device("cpu")
+
+
+def tradeoff_plot(rows: Sequence[Mapping[str, float]], path: str | os.PathLike) -> Path:
+    """The β trade-off: reconstruction error (x) against each disentanglement score (y), one panel each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    skip = {"beta", "reconstruction_error", "test_elbo"}
+    scores = [k for k in rows[0] if k not in skip and not k.endswith("_train") and not k.endswith("_dims")] if rows else []
+    panels = scores or ["test_elbo"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3), squeeze=False)
+    for ax, key in zip(axes[0], panels):
+        xs = [row["reconstruction_error"] for row in rows]
+        ys = [row[key] for row in rows]
+        ax.plot(xs, ys, "o-")
+        for row, x, y in zip(rows, xs, ys):
+            ax.annotate(f"β={row['beta']:g}", (x, y), fontsize=7, textcoords="offset points", xytext=(3, 3))
+        ax.set_xlabel("reconstruction error [nats]")
+        ax.set_ylabel(key)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

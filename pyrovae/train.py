@@ -28,6 +28,8 @@ Variant hooks (optional methods of the trained object; the trainer never asks a 
       optimizer (Adam, ``auxiliary_lr`` attribute, default 1e-4), minimises the
       ``"loss"`` entry, logs every entry's epoch mean in the history with an
       ``aux_`` prefix and checkpoints the optimizer with the rest.
+    * ``set_num_data(N)``: told the training set's size before the first step
+      (β-TCVAE's minibatch estimators of the aggregate posterior need it).
 
 What ``fit`` guarantees
     * Bad input is refused before any work, with the expected form.
@@ -331,6 +333,7 @@ def fit(
     # ------------------------------------------------------------ validation
     programs = resolve_programs(obj)
     x = _as_tensor(data, "data")
+    epoch_view = getattr(data, "epoch_view", None)  # data redrawn each epoch (dynamic binarization)
     _validate_data(programs, x, "data")
     x_valid = None
     if valid_data is not None:
@@ -367,6 +370,9 @@ def fit(
     if x_valid is not None:
         x_valid = x_valid.to(device)
     num_data = x.shape[0]
+    set_num_data = getattr(programs.owner, "set_num_data", None)
+    if callable(set_num_data):  # e.g. β-TCVAE's minibatch estimators of q(z) need the data set's size
+        set_num_data(num_data)
     batch_size = min(batch_size, math.ceil(num_data / world))
     checkpoint = None
     if resume and run_dir is not None and (run_dir / CHECKPOINT_NAME).exists():
@@ -448,6 +454,8 @@ def fit(
     try:
         with pyro.validation_enabled(False):
             while epoch < epochs:
+                if callable(epoch_view):  # a pure function of (seed, epoch): resumes and ranks agree
+                    x = epoch_view(epoch).to(device)
                 order = torch.randperm(num_data, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
                 if world > 1:  # equal shards, padded by wrapping around, as DistributedSampler does
                     order = torch.cat([order, order[: (-num_data) % world]])[rank::world]
@@ -476,7 +484,7 @@ def fit(
                             _average_gradients(aux_params, world)
                         aux_optim.step()
                         for key, value in terms.items():
-                            sums[f"aux_{key}"] = sums.get(f"aux_{key}", 0.0) + float(value)
+                            sums[f"aux_{key}"] = sums.get(f"aux_{key}", 0.0) + float(torch.as_tensor(value).detach())
                     step += 1
                     batch_index += 1
                     sums["loss"] += loss / num_data

@@ -6,14 +6,22 @@ rebuilds a model from its recorded constructor arguments.
 
 from __future__ import annotations
 
+from pyrovae.models.beta_tcvae import BetaTCVAE
 from pyrovae.models.beta_vae import BetaVAE
+from pyrovae.models.capacity_vae import CapacityVAE
+from pyrovae.models.dip_vae import DIPVAE
+from pyrovae.models.factor_vae import FactorVAE
 from pyrovae.models.vae import VAE
 
-__all__ = ["MODELS", "VAE", "BetaVAE", "make_model"]
+__all__ = ["MODELS", "VAE", "BetaVAE", "BetaTCVAE", "CapacityVAE", "DIPVAE", "FactorVAE", "make_model"]
 
 MODELS: dict[str, type[VAE]] = {
     "vae": VAE,
     "beta_vae": BetaVAE,
+    "capacity_vae": CapacityVAE,
+    "factor_vae": FactorVAE,
+    "beta_tcvae": BetaTCVAE,
+    "dip_vae": DIPVAE,
 }
 
 

@@ -57,7 +57,8 @@ class VAE(nn.Module):
     :param channels: channels of the convolutional layers.
     :param activation: nonlinearity name (see :data:`pyrovae.nets.ACTIVATIONS`).
     :param likelihood: name in :data:`pyrovae.likelihoods.LIKELIHOODS`.
-    :param likelihood_scale: scale of ``gaussian``/``laplace`` (a number or ``"learned"``).
+    :param likelihood_scale: scale of ``gaussian``/``laplace`` (a number or ``"learned"``;
+        default 1); an error for families without a scale.
 
     Example::
 
@@ -86,7 +87,7 @@ class VAE(nn.Module):
         channels: Sequence[int] = (32, 32, 64, 64),
         activation: str = "relu",
         likelihood: str = "bernoulli",
-        likelihood_scale: float | str = 1.0,
+        likelihood_scale: float | str | None = None,
     ) -> None:
         super().__init__()
         x_shape = (x_shape,) if isinstance(x_shape, int) else tuple(int(s) for s in x_shape)
@@ -105,7 +106,7 @@ class VAE(nn.Module):
         }
         self.x_shape = x_shape
         self.z_dim = z_dim
-        options = {} if likelihood in ("bernoulli", "continuous_bernoulli") else {"scale": likelihood_scale}
+        options = {} if likelihood_scale is None else {"scale": likelihood_scale}
         self.observation = make_likelihood(likelihood, x_shape, **options)
         net = {"hidden": hidden, "channels": channels, "activation": activation}
         self.encoder = make_encoder(arch, x_shape, {"loc": z_dim, "scale": z_dim}, **net)

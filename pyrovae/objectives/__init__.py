@@ -12,12 +12,32 @@ name           estimator
                gradients for reparameterized sites, score function otherwise.
 ``meanfield``  :class:`~pyro.infer.TraceMeanField_ELBO`: analytic KL where
                Pyro knows it (here, Normal vs Normal).
-``iwae``       :class:`~pyro.infer.RenyiELBO` with :math:`\alpha=0`: the
-               importance-weighted bound :math:`\mathbb E\log\frac1K\sum_k w_k`
+``iwae``       :class:`~pyrovae.objectives.renyi.RenyiBound` with :math:`\alpha=0`:
+               the importance-weighted bound :math:`\mathbb E\log\frac1K\sum_k w_k`
                (Burda et al. 2016, arXiv:1509.00519), vectorized over K.
-``renyi``      :class:`~pyro.infer.RenyiELBO` for any :math:`\alpha \neq 1`
-               (Li and Turner 2016, arXiv:1602.02311).
+``renyi``      :class:`~pyrovae.objectives.renyi.RenyiBound` for any
+               :math:`\alpha \neq 1` (Li and Turner 2016, arXiv:1602.02311).
+``graph``      :class:`~pyrovae.objectives.graph.GraphELBO`: Pyro's
+               ``TraceGraph_ELBO`` (Rao-Blackwellized score-function gradients
+               for non-reparameterized latents) with decaying-average baselines
+               by default; ``pathwise=False`` gives the likelihood-ratio
+               estimator on any latent.
+``rws``        :class:`~pyrovae.objectives.rws.ReweightedWakeSleep`:
+               wake-θ / wake-φ (Bornschein and Bengio 2015, arXiv:1406.2751).
+``stl``        :class:`~pyrovae.objectives.stl.StickingTheLanding`: the ELBO
+               (``alpha=1``) or IWAE (``alpha=0``) without the score term
+               (Roeder et al. 2017, arXiv:1703.09194).
+``dreg``       :class:`~pyrovae.objectives.dreg.DReG`: IWAE with doubly
+               reparameterized guide gradients (Tucker et al. 2018,
+               arXiv:1810.04152).
 =============  ==================================================================
+
+The importance-weighted estimators (``iwae``, ``renyi``, ``rws``, ``stl``,
+``dreg``) normalize weights over the particles of each data point and keep
+the minibatch scale out of the log-sum-exp (see
+:mod:`pyrovae.objectives.importance`); they need every site inside the plate
+``"data"`` and say which site is not.  ``stl`` and ``dreg`` also need
+reparameterized guide sites.
 """
 
 from __future__ import annotations
@@ -26,9 +46,25 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from pyro.infer import ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 
-__all__ = ["OBJECTIVES", "make_objective"]
+from pyrovae.objectives.dreg import DReG
+from pyrovae.objectives.graph import GraphELBO
+from pyrovae.objectives.importance import ImportanceELBO
+from pyrovae.objectives.renyi import RenyiBound
+from pyrovae.objectives.rws import ReweightedWakeSleep
+from pyrovae.objectives.stl import StickingTheLanding
+
+__all__ = [
+    "OBJECTIVES",
+    "DReG",
+    "GraphELBO",
+    "ImportanceELBO",
+    "RenyiBound",
+    "ReweightedWakeSleep",
+    "StickingTheLanding",
+    "make_objective",
+]
 
 
 def _check_particles(num_particles: int) -> None:
@@ -51,9 +87,9 @@ def meanfield(*, num_particles: int = 1, vectorize_particles: bool = True) -> EL
 
 
 def iwae(*, num_particles: int = 5) -> ELBO:
-    """The IWAE bound with K = ``num_particles`` samples (RenyiELBO, alpha = 0)."""
+    """The IWAE bound with K = ``num_particles`` samples (the Rényi bound at alpha = 0)."""
     _check_particles(num_particles)
-    return RenyiELBO(alpha=0.0, num_particles=num_particles, vectorize_particles=True)
+    return RenyiBound(num_particles, alpha=0.0)
 
 
 def renyi(*, alpha: float = 0.5, num_particles: int = 5) -> ELBO:
@@ -61,7 +97,35 @@ def renyi(*, alpha: float = 0.5, num_particles: int = 5) -> ELBO:
     _check_particles(num_particles)
     if not isinstance(alpha, (int, float)) or alpha == 1:
         raise ValueError(f"Expected alpha to be a number other than 1 (use objective='elbo'), got {alpha!r}")
-    return RenyiELBO(alpha=float(alpha), num_particles=num_particles, vectorize_particles=True)
+    return RenyiBound(num_particles, alpha=float(alpha))
+
+
+def graph(
+    *, num_particles: int = 1, vectorize_particles: bool = True, pathwise: bool = True, baseline_beta: float = 0.9
+) -> ELBO:
+    """TraceGraph_ELBO with decaying-average baselines; ``pathwise=False`` for likelihood-ratio gradients."""
+    _check_particles(num_particles)
+    return GraphELBO(
+        num_particles, vectorize_particles=vectorize_particles, pathwise=pathwise, baseline_beta=baseline_beta
+    )
+
+
+def rws(*, num_particles: int = 5) -> ELBO:
+    """Reweighted wake-sleep (wake-θ and wake-φ) with K = ``num_particles`` >= 2."""
+    _check_particles(num_particles)
+    return ReweightedWakeSleep(num_particles)
+
+
+def stl(*, num_particles: int = 1, alpha: float = 1.0) -> ELBO:
+    """Sticking the landing: the ELBO (alpha = 1) or IWAE (alpha = 0) without the score term."""
+    _check_particles(num_particles)
+    return StickingTheLanding(num_particles, alpha=alpha)
+
+
+def dreg(*, num_particles: int = 5) -> ELBO:
+    """IWAE with doubly reparameterized guide gradients, K = ``num_particles`` >= 2."""
+    _check_particles(num_particles)
+    return DReG(num_particles)
 
 
 #: name -> factory(**options) -> pyro.infer.ELBO
@@ -70,6 +134,10 @@ OBJECTIVES: dict[str, Callable[..., ELBO]] = {
     "meanfield": meanfield,
     "iwae": iwae,
     "renyi": renyi,
+    "graph": graph,
+    "rws": rws,
+    "stl": stl,
+    "dreg": dreg,
 }
 
 

@@ -1,0 +1,366 @@
+r"""The small base of the importance-weighted estimators: per-point log weights.
+
+For a model/guide pair whose sites are local to the plate ``"data"``, each data
+point :math:`x_n` gets :math:`K` particles :math:`z_{n,k} \sim q_\phi(z \mid x_n)`
+(one vectorized pass, Pyro's ``num_particles_vectorized`` plate) and the log
+importance weights
+
+.. math::
+
+    \log w_{n,k} = \log p_\theta(x_n, z_{n,k}) - \log q_\phi(z_{n,k} \mid x_n).
+
+Bounds that average *inside* a logarithm (IWAE, Rényi) must normalize the
+weights over the particles of each data point, never over the particles of
+the whole minibatch's joint: :math:`\sum_n \log \frac1K \sum_k w_{n,k}`, not
+:math:`\log \frac1K \sum_k \prod_n w_{n,k}`.  The latter is a looser bound whose
+normalized weights collapse onto one particle as the batch grows.
+
+Minibatch scale
+    A trainer makes a minibatch an unbiased estimate of the data set by scaling
+    every site in the data plate by :math:`c = N/B` (Pyro's subsampling plates
+    and :class:`pyrovae.handlers.plate_scale` do).  A scale inside a
+    log-sum-exp would temper the weights (:math:`w^c`), so the per-point log
+    weight is divided by :math:`c` before the particles are combined and the
+    per-point bound multiplied by :math:`c` afterwards.  :math:`c` is read from
+    the model's observations in the data plate (they must agree); relative
+    scales of other sites (a β on ``"z"``, or on a ``pyro.factor`` term) stay
+    inside the weight.
+
+Condition (validated on every call, with the offending site named)
+    Every sample site of model and guide lies inside the plate ``"data"``
+    (latents local to a data point; no global latents), or none does, in which
+    case the whole trace is one "point".  The observations in the data plate
+    carry one common numeric scale.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch
+from pyro import poutine
+from pyro.distributions import Unit
+from pyro.distributions.util import scale_and_mask
+from pyro.infer import ELBO
+from pyro.infer.enum import get_importance_trace
+from pyro.infer.util import is_validation_enabled
+from pyro.poutine.trace_struct import Trace
+from pyro.util import check_if_enumerated, warn_if_nan
+
+__all__ = ["ImportanceELBO", "LogWeights", "param_leaves"]
+
+#: the particle plate Pyro's ELBO adds when it vectorizes particles
+PARTICLE_PLATE = "num_particles_vectorized"
+
+
+@dataclasses.dataclass
+class LogWeights:
+    """Per-point terms of one vectorized draw, each of shape ``(K, B)``.
+
+    :ivar log_p: :math:`\\log p_\\theta(x_n, z_{n,k})`, differentiable in θ and z.
+    :ivar log_q: :math:`\\log q_\\phi(z_{n,k} \\mid x_n)`, differentiable in φ and z.
+    :ivar score: the score-function part of ``log_q`` (the non-reparameterized
+        sites' log densities at fixed values; zero when all are reparameterized).
+    :ivar scale: the minibatch scale :math:`c` (a float).
+    :ivar model_trace: the model's trace.
+    :ivar guide_trace: the guide's trace.
+    """
+
+    log_p: torch.Tensor
+    log_q: torch.Tensor
+    score: torch.Tensor
+    scale: float
+    model_trace: Trace
+    guide_trace: Trace
+
+    @property
+    def log_w(self) -> torch.Tensor:
+        return self.log_p - self.log_q
+
+
+class ImportanceELBO(ELBO):
+    r"""Base class: the Rényi family of bounds from per-point importance weights.
+
+    Per data point, the bound of order :math:`\alpha` (Li and Turner 2016) is
+
+    .. math::
+
+        \mathcal L_\alpha(x_n) = \frac{1}{1-\alpha}
+            \log \frac1K \sum_{k=1}^K w_{n,k}^{1-\alpha},
+        \qquad \mathcal L_1(x_n) = \frac1K \sum_k \log w_{n,k},
+
+    so :math:`\alpha = 0` is the IWAE bound and :math:`\alpha = 1` the ELBO
+    averaged over :math:`K` particles.  The loss is
+    :math:`-c \sum_n \mathcal L_\alpha(x_n)`.
+
+    Subclasses choose the gradient estimator by overriding :meth:`_surrogate`;
+    this class supplies the per-point weights (:meth:`log_weights`), the loss
+    value and the validation.  It always vectorizes particles.
+
+    :param num_particles: :math:`K`, particles per data point.
+    :param alpha: the Rényi order :math:`\alpha` (1 = ELBO, 0 = IWAE).
+    :param max_plate_nesting: as in :class:`pyro.infer.ELBO` (``fit`` sets it).
+    :param plate: the name of the data plate.
+    """
+
+    #: capability flags, for callers that must not ask a class's name: every latent
+    #: site of the guide must be reparameterized / every site inside the data plate
+    requires_reparameterized: ClassVar[bool] = False
+    requires_local_latents: ClassVar[bool] = True
+    #: detach the guide trace's values before running the model (no pathwise gradients)
+    detach_guide: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        num_particles: int = 1,
+        *,
+        alpha: float = 1.0,
+        max_plate_nesting: float = float("inf"),
+        plate: str = "data",
+    ) -> None:
+        if not isinstance(num_particles, int) or isinstance(num_particles, bool) or num_particles < 1:
+            raise ValueError(f"Expected num_particles to be an int >= 1, got {num_particles!r}")
+        if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not math.isfinite(alpha):
+            raise ValueError(f"Expected alpha to be a finite number, got {alpha!r}")
+        super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting, vectorize_particles=True)
+        self.alpha = float(alpha)
+        self.plate = plate
+
+    # ------------------------------------------------------------- traces
+    def _get_trace(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> tuple[Trace, Trace]:
+        model_trace, guide_trace = get_importance_trace(
+            "flat", self.max_plate_nesting, model, guide, args, kwargs, detach=self.detach_guide
+        )
+        if is_validation_enabled():
+            check_if_enumerated(guide_trace)
+        return model_trace, guide_trace
+
+    def _draw(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> LogWeights:
+        model_trace, guide_trace = next(self._get_traces(model, guide, args, kwargs))
+        layout = _Layout.of(model_trace, guide_trace, self.plate)
+        log_p = sum((layout.per_point(s["log_prob"]) for s in _samples(model_trace)), layout.zeros())
+        log_q = sum((layout.per_point(s["log_prob"]) for s in _samples(guide_trace)), layout.zeros())
+        score = sum(
+            (layout.per_point(s["score_parts"].score_function) for s in _samples(guide_trace)), layout.zeros()
+        )
+        c = layout.scale(model_trace)
+        return LogWeights(log_p / c, log_q / c, score / c, c, model_trace, guide_trace)
+
+    def log_weights(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The unscaled per-point log weights :math:`\\log w_{n,k}`, shape ``(K, B)``, with gradients."""
+        return self._draw(model, guide, args, kwargs).log_w
+
+    # ------------------------------------------------------------ the bound
+    def _normalized(self, log_w: torch.Tensor) -> torch.Tensor:
+        """Self-normalized weights :math:`\\tilde w_{n,k} \\propto w_{n,k}^{1-\\alpha}` over k (detached)."""
+        return torch.softmax((1.0 - self.alpha) * log_w.detach(), dim=0)
+
+    def _bound(self, log_w: torch.Tensor) -> torch.Tensor:
+        """:math:`\\mathcal L_\\alpha(x_n)` for each point, shape ``(B,)``."""
+        if self.alpha == 1.0:
+            return log_w.mean(0)
+        a = 1.0 - self.alpha
+        return (torch.logsumexp(a * log_w, dim=0) - math.log(log_w.shape[0])) / a
+
+    @torch.no_grad()
+    def loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
+        """:math:`-c\\sum_n \\mathcal L_\\alpha(x_n)`, the negative bound, as a float."""
+        w = self._draw(model, guide, args, kwargs)
+        loss = -w.scale * self._bound(w.log_w).sum().item()
+        warn_if_nan(loss, "loss")
+        return loss
+
+    def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
+        """The loss as a float; backpropagates this estimator's surrogate into the parameters."""
+        w = self._draw(model, guide, args, kwargs)
+        self._validate(w)
+        loss = -w.scale * self._bound(w.log_w.detach()).sum().item()
+        warn_if_nan(loss, "loss")
+        self._backward(w, args, kwargs, model, guide)
+        return loss
+
+    def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The surrogate loss (its value is not the bound; its gradient is this estimator's)."""
+        w = self._draw(model, guide, args, kwargs)
+        self._validate(w)
+        return -w.scale * self._surrogate(w, args, kwargs, guide).sum()
+
+    # ------------------------------------------------------ for subclasses
+    def _validate(self, w: LogWeights) -> None:
+        """Checks of the traced pair; raise ``ValueError`` naming the site."""
+
+    def _surrogate(self, w: LogWeights, args: tuple, kwargs: dict, guide: Callable) -> torch.Tensor:
+        r"""Per-point surrogate, shape ``(B,)``; its gradient is the estimator.
+
+        The standard estimator: pathwise where the guide is reparameterized,
+
+        .. math::
+
+            \nabla \mathcal L_\alpha(x_n) \approx \sum_k \tilde w_{n,k} \nabla \log w_{n,k}
+            + \mathcal L_\alpha(x_n) \sum_k \nabla_\phi \log q_\phi(z_{n,k} \mid x_n)\big|_{z\ \text{fixed}},
+
+        the second (score-function) term for non-reparameterized sites only.
+        """
+        out = (self._normalized(w.log_w) * w.log_w).sum(0)
+        if w.score.requires_grad:
+            out = out + self._bound(w.log_w.detach()) * w.score.sum(0)
+        return out
+
+    def _backward(self, w: LogWeights, args: tuple, kwargs: dict, model: Callable, guide: Callable) -> None:
+        surrogate = -w.scale * self._surrogate(w, args, kwargs, guide).sum()
+        if surrogate.requires_grad:
+            surrogate.backward()
+
+    # ------------------------------------------------------------ helpers
+    def _latent_sites(self, trace: Trace) -> list[dict]:
+        return [s for s in _samples(trace) if not s["is_observed"]]
+
+    def _require_reparameterized(self, guide_trace: Trace, estimator: str) -> None:
+        for site in self._latent_sites(guide_trace):
+            if not getattr(site["fn"], "has_rsample", False):
+                raise ValueError(
+                    f"{estimator} needs every latent site of the guide to be reparameterized "
+                    f"(fn.has_rsample), but site {site['name']!r} ({type(site['fn']).__name__}) is not; "
+                    "use objective='elbo', 'graph', 'iwae' or 'rws' for non-reparameterized latents"
+                )
+
+    def _score_at_fixed_values(self, w: LogWeights, args: tuple, kwargs: dict, guide: Callable) -> torch.Tensor:
+        r"""Per-point :math:`\log q_\phi(\bar z \mid x)` at the drawn values held fixed, ``(K, B)``.
+
+        Its gradient is the score term :math:`\nabla_\phi \log q_\phi(z)|_z`.  With one
+        latent site the site's own distribution scores the detached value; with
+        several, a later site's parameters may depend on an earlier draw, so the
+        guide is rerun conditioned on all detached values.
+        """
+        latents = self._latent_sites(w.guide_trace)
+        layout = _Layout.of(w.model_trace, w.guide_trace, self.plate)
+        total = layout.zeros()
+        if len(latents) <= 1:
+            for site in latents:
+                lp = site["fn"].log_prob(site["value"].detach())
+                total = total + layout.per_point(scale_and_mask(lp, site["scale"], site["mask"]))
+            return total / w.scale
+        values = {s["name"]: s["value"].detach() for s in latents}
+        vguide = self._vectorized_num_particles(guide)
+        with poutine.block():
+            trace = poutine.trace(poutine.condition(vguide, data=values)).get_trace(*args, **kwargs)
+        trace.compute_log_prob()
+        for name in values:
+            total = total + layout.per_point(trace.nodes[name]["log_prob"])
+        return total / w.scale
+
+
+def _samples(trace: Trace) -> list[dict]:
+    return [s for s in trace.nodes.values() if s["type"] == "sample"]
+
+
+def param_leaves(trace: Trace) -> dict[str, torch.Tensor]:
+    """The unconstrained leaf tensors of the ``pyro.param`` sites in ``trace``."""
+    out = {}
+    for name, site in trace.nodes.items():
+        if site["type"] == "param":
+            value = site["value"]
+            leaf = value.unconstrained() if hasattr(value, "unconstrained") else value
+            if leaf.requires_grad:
+                out[name] = leaf
+    return out
+
+
+@dataclasses.dataclass
+class _Layout:
+    """Where the particle and data dims sit, and the batch size."""
+
+    plate: str
+    particle_dim: int | None
+    data_dim: int | None
+    num_particles: int
+    batch: int
+    ndim: int
+    like: torch.Tensor
+
+    @classmethod
+    def of(cls, model_trace: Trace, guide_trace: Trace, plate: str) -> "_Layout":
+        sites = [(s, t) for t in (model_trace, guide_trace) for s in _samples(t)]
+        particle_dim = data_dim = None
+        num_particles, batch, ndim = 1, 1, 0
+        inside, outside = [], []
+        like = torch.zeros(())
+        for site, _ in sites:
+            frames = {f.name: f for f in site["cond_indep_stack"]}
+            if torch.is_tensor(site.get("log_prob")) and site["log_prob"].is_floating_point():
+                like = site["log_prob"]
+            if plate in frames and not frames[plate].vectorized:
+                raise ValueError(
+                    f"Importance-weighted objectives need a vectorized plate {plate!r} (pyro.plate used as a "
+                    f"context), but site {site['name']!r} is in a sequential one"
+                )
+            ndim = max([ndim, *(-f.dim for f in frames.values() if f.vectorized and f.dim is not None)])
+            if PARTICLE_PLATE in frames:
+                particle_dim = frames[PARTICLE_PLATE].dim
+                num_particles = frames[PARTICLE_PLATE].size
+            (inside if plate in frames else outside).append(site["name"])
+            if plate in frames:
+                data_dim = frames[plate].dim
+                lp = site.get("log_prob")
+                if torch.is_tensor(lp) and lp.dim() >= -data_dim:
+                    batch = max(batch, lp.shape[data_dim])
+        if inside and outside:
+            raise ValueError(
+                f"Importance-weighted objectives need every sample site inside the plate {plate!r} "
+                f"(latents local to a data point), but site {outside[0]!r} lies outside it; "
+                "for global latents use objective='elbo' or 'graph'"
+            )
+        return cls(plate, particle_dim, data_dim, num_particles, batch, ndim, like)
+
+    def zeros(self) -> torch.Tensor:
+        return self.like.new_zeros((self.num_particles, self.batch))
+
+    def per_point(self, tensor: Any) -> torch.Tensor:
+        """Sum a site's batch-shaped tensor over every dim but particles and data: ``(K, B)``."""
+        if not torch.is_tensor(tensor):
+            return self.zeros() + tensor
+        if tensor.dim() == 0:
+            # a scalar term inside a plate stands for every element (zero, or masked)
+            return tensor.expand(self.num_particles, self.batch)
+        t = tensor.reshape((1,) * max(0, self.ndim - tensor.dim()) + tuple(tensor.shape))
+        keep = {d % t.dim() for d in (self.particle_dim, self.data_dim) if d is not None and -d <= t.dim()}
+        other = [d for d in range(t.dim()) if d not in keep]
+        if other:
+            t = t.sum(other, keepdim=True)
+        k = t.shape[self.particle_dim] if self.particle_dim is not None else 1
+        b = t.shape[self.data_dim] if self.data_dim is not None else 1
+        return t.reshape(k, b).expand(self.num_particles, self.batch)
+
+    def scale(self, model_trace: Trace) -> float:
+        """The common scale of the observations in the data plate (1 without any).
+
+        ``pyro.factor`` terms (``Unit`` sites) count only when there is no other
+        observation; otherwise a factor's own extra scale (a β, say) stays inside
+        the weight like a latent site's.
+        """
+        observed = [
+            site for site in _samples(model_trace)
+            if site["is_observed"]
+            and (self.data_dim is None or any(f.name == self.plate for f in site["cond_indep_stack"]))
+        ]
+        data = [site for site in observed if not isinstance(site["fn"], Unit)] or observed
+        scales = {}
+        for site in data:
+            s = site["scale"]
+            if torch.is_tensor(s):
+                if s.numel() != 1:
+                    raise ValueError(
+                        f"Importance-weighted objectives need a numeric scale at observed site {site['name']!r}, "
+                        f"got a tensor of shape {tuple(s.shape)}"
+                    )
+                s = float(s)
+            scales[site["name"]] = float(s)
+        if len(set(scales.values())) > 1:
+            raise ValueError(
+                f"Observed sites in the plate {self.plate!r} carry different scales {scales}; "
+                "importance-weighted objectives read the minibatch scale from them, so they must agree"
+            )
+        return next(iter(scales.values()), 1.0)
