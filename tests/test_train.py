@@ -559,3 +559,23 @@ def test_resume_with_different_optimizer_is_refused(digits, tmp_path):
     pyrovae.fit(tiny_vae(), x, epochs=1, optimizer="adam", **options)
     with pytest.raises(ValueError, match=r"optimizer.*adam"):
         pyrovae.fit(tiny_vae(), x, epochs=2, optimizer="sgd", resume=True, **options)
+
+
+def test_fit_redraws_dynamically_binarized_data_every_epoch(monkeypatch):
+    from pyrovae.datasets.base import DynamicallyBinarized
+
+    probs = torch.rand(40, 1, 4, 4)
+    data = DynamicallyBinarized.from_probs(probs, seed=3, name="toy", split="train")
+    seen = []
+    original = DynamicallyBinarized.epoch_view
+
+    def spy(self, epoch):
+        seen.append(epoch)
+        return original(self, epoch)
+
+    monkeypatch.setattr(DynamicallyBinarized, "epoch_view", spy)
+    vae = pyrovae.VAE((1, 4, 4), 2, hidden=(8,))
+    pyrovae.fit(vae, data, epochs=3, batch_size=20, device="cpu", progress=False)
+    assert [e for e in seen if e > 0] == [1, 2] and 0 in seen  # one fresh draw per epoch
+    assert not torch.equal(original(data, 1), original(data, 2))  # the draws differ
+    assert torch.equal(original(data, 1), original(data, 1))  # and are a function of (seed, epoch)
