@@ -41,77 +41,26 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
-import json
+import sys
 from pathlib import Path
 
-import pyro
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import pyrovae
-from pyrovae import datasets, plots
-from pyrovae.experiment import reconstruction_error
-
-NAME = "beta_tcvae_sprites"
-METRICS = ("mig", "dci", "sap", "factor_vae_score", "beta_vae_score")
-#: settings the command line leaves unset come from here
-FULL = {"epochs": 30, "num_train": 50_000, "num_test": 1000, "metric_points": 10_000}
-SMOKE = {"epochs": 1, "num_train": 256, "num_test": 64, "metric_points": 200}
-#: Locatello et al.'s networks have these widths (with 4 x 4 kernels; pyrovae's are 3 x 3)
-ARCH = {"z_dim": 10, "channels": (32, 32, 64, 64), "hidden": (256,)}
-REFERENCE = "Locatello et al. 2019 (arXiv:1811.12359), dSprites: MIG roughly 0 to 0.4 across β and seeds"
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--smoke", action="store_true", help="a run of seconds (CI)")
-    parser.add_argument("--out", default=f"runs/{NAME}", help="run folder")
-    parser.add_argument("--epochs", type=int, help=f"passes over the training set (full: {FULL['epochs']})")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--beta", type=float, default=6.0, help="weight β of the total correlation in training")
-    parser.add_argument("--num-train", type=int, help=f"training images (full: {FULL['num_train']:,})")
-    parser.add_argument("--num-test", type=int, help=f"validation and test images (full: {FULL['num_test']:,})")
-    parser.add_argument("--metric-points", type=int, help=f"points per metric (full: {FULL['metric_points']:,}; test: half)")
-    args = parser.parse_args(argv)
-    for key, value in (SMOKE if args.smoke else FULL).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    return args
+import pyrovae  # noqa: E402
+from _sprites import run_example  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    args = parse_args(argv)
-    out = Path(args.out)
-    sizes = {"num_train": args.num_train, "num_valid": args.num_test, "num_test": args.num_test}
-    train, valid, test = (datasets.load("sprites", split, **sizes) for split in ("train", "valid", "test"))
-
-    pyro.set_rng_seed(args.seed)  # the networks' initial weights
-    vae = pyrovae.BetaTCVAE(train.shape, beta=args.beta, **ARCH)
-    result = pyrovae.fit(vae, train, epochs=args.epochs, batch_size=64, lr=1e-3, valid_data=valid,
-                         seed=args.seed, out=out, progress=not args.smoke)
-
-    vae.eval()
-    device = next(vae.parameters()).device
-    numbers = {"test_elbo": pyrovae.evaluate_elbo(vae, test, seed=args.seed),
-               "reconstruction_error": reconstruction_error(vae, test.x.to(device)),
-               "train_seconds": result.final["seconds"]}
-    options = {"num_train": args.metric_points, "num_test": args.metric_points // 2,
-               "num_variance_estimate": args.metric_points, "rng": args.seed}
-    if args.smoke:  # fewer images per vote and trees per factor: seconds, not a measurement
-        options.update(batch_size=8, num_estimators=10)
-
-    def represent(images):  # the representation: the posterior mean E[z | x]
-        return vae.posterior(images.to(device)).mean.cpu()
-
-    numbers.update(pyrovae.evaluate_metrics(represent, train.info["factors"], names=METRICS, **options))
-    plots.traversal_grid(vae, test.x, out / "traversals.png")
-    (out / "results.json").write_text(json.dumps(numbers, indent=1))
-
-    print(f"{NAME} (β = {args.beta:g}, {len(train):,} images, {args.epochs} epochs):")
-    for key, value in numbers.items():
-        print(f"  {key:<28} {value:.4f}")
-    print(f"  reference: {REFERENCE}")
-    print(f"files in {out}: results.json, history.csv, checkpoint.pt, traversals.png")
-    return numbers
+    return run_example(
+        argv,
+        name="beta_tcvae_sprites",
+        doc=__doc__,
+        model=pyrovae.BetaTCVAE,
+        weight="beta",
+        default=6.0,
+        help="weight β of the total correlation in training",
+        reference="Locatello et al. 2019 (arXiv:1811.12359), dSprites: MIG roughly 0 to 0.4 across β and seeds",
+    )
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from types import ModuleType
 import pytest
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
-EXAMPLES = sorted(EXAMPLES_DIR.glob("*.py"))
+EXAMPLES = sorted(p for p in EXAMPLES_DIR.glob("*.py") if not p.name.startswith("_"))  # _*.py: shared bodies
 
 SPRITES_KEYS = {"test_elbo", "reconstruction_error", "mig", "dci_disentanglement", "dci_completeness",
                 "dci_informativeness", "sap", "factor_vae_score", "beta_vae_score"}
