@@ -93,7 +93,10 @@ def _parser() -> argparse.ArgumentParser:
     compare = sub.add_parser("compare-estimators", help="bound, gradient variance and SNR of several objectives")
     compare.add_argument("--model", default="vae", choices=sorted(MODELS))
     compare.add_argument("--dataset", default="digits", choices=sorted(DATASETS))
-    compare.add_argument("--binarize", nargs="?", const=True, default=True, metavar="MODE")
+    compare.add_argument("--binarize", nargs="?", const=True, default=None, metavar="MODE",
+                         help="binarize the data (digits: a flag; mnist, fashion_mnist: dynamic or static)")
+    compare.add_argument("--data-root", default=None, help="data folder")
+    compare.add_argument("--num-train", type=int, default=None, help="training points (sprites, dsprites)")
     compare.add_argument("--objectives", nargs="+", default=list(DEFAULT_OBJECTIVES), metavar="SPEC",
                          help="names or name:key=value,... (e.g. iwae:num_particles=10 graph:pathwise=False)")
     compare.add_argument("--num-repeats", type=int, default=50)
@@ -193,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _print_table(numbers)
             print(f"written to {Path(args.run_dir) / 'evaluation.json'}")
         elif args.command == "compare-estimators":
-            data = load(args.dataset, "train", **({"binarize": args.binarize} if args.dataset in ("digits", "mnist", "fashion_mnist") else {}))
+            data = load(args.dataset, "train", **_dataset_options(args))
             model = make_model(args.model, x_shape=data.shape, likelihood=data.likelihood)
             if args.epochs:
                 fit(model, data, epochs=args.epochs, seed=args.seed, device="cpu", progress=False)

@@ -157,9 +157,8 @@ def load_run(run_dir: str | os.PathLike) -> tuple[RunConfig, Any]:
     run_dir = Path(run_dir)
     config = RunConfig.load(run_dir)
     checkpoint = load_checkpoint(run_dir / CHECKPOINT_NAME)
-    train = load(config.dataset, "train", **config.dataset_options)
-    options = {"likelihood": train.likelihood, **config.model_options}
-    model = make_model(config.model, x_shape=train.shape, **options)
+    # the checkpoint records every constructor argument (x_shape and likelihood included)
+    model = make_model(config.model, **checkpoint["model"]["config"])
     model.load_state_dict(checkpoint["state"]["module"])
     model.eval()
     return config, model
@@ -225,14 +224,15 @@ def sweep(
     Writes ``out/beta_<β>/`` run folders, ``out/sweep.json`` and ``out/tradeoff.png``.
     """
     out = Path(out)
-    rows = []
     for beta in betas:
         if not beta > 0:
             raise ValueError(f"Expected every beta > 0, got {beta!r}")
+    test = load(config.dataset, "test", **config.dataset_options)
+    rows = []
+    for beta in betas:
         run_dir = out / f"beta_{beta:g}"
         run(dataclasses.replace(config, kl_weight=float(beta)), run_dir, progress=progress)
         _, model = load_run(run_dir)
-        test = load(config.dataset, "test", **config.dataset_options)
         row = {"beta": float(beta), "reconstruction_error": reconstruction_error(model, test.x),
                "test_elbo": evaluate_elbo(model, test.x, seed=config.seed)}
         factors = test.info.get("factors")
