@@ -6,6 +6,9 @@
   :func:`~pyro.poutine.scale` refuses 0, which is where KL warm-up starts, so a
   weight of 0 becomes ``poutine.mask(mask=False)``: the site is still sampled
   (and reparameterized gradients still flow through it) but scores nothing.
+  A 0-dim tensor weight (what a compiled training step passes, so that an
+  annealing schedule does not recompile) scales and masks with tensors, with
+  no Python branch on its value.
 * :class:`plate_scale` -- multiplies the score of every site inside the plate
   called ``name`` by ``scale``.  The trainer uses it with ``N / B`` so that a
   minibatch ELBO is an unbiased estimate of the full data set's ELBO for *any*
@@ -17,14 +20,19 @@ from __future__ import annotations
 
 import contextlib
 
+import torch
 from pyro import poutine
 from pyro.poutine.messenger import Messenger
 
 __all__ = ["kl_scale", "plate_scale"]
 
 
-def kl_scale(weight: float) -> contextlib.AbstractContextManager:
+def kl_scale(weight: float | torch.Tensor) -> contextlib.AbstractContextManager:
     """Context that weights the latent sites sampled inside it by ``weight >= 0``."""
+    if isinstance(weight, torch.Tensor):
+        if weight.dim() != 0:
+            raise ValueError(f"Expected kl_weight to be a number or a 0-dim tensor, got shape {tuple(weight.shape)}")
+        return _TensorWeight(weight)
     weight = float(weight)
     if weight == 1.0:
         return contextlib.nullcontext()
@@ -33,6 +41,19 @@ def kl_scale(weight: float) -> contextlib.AbstractContextManager:
     if not weight > 0:
         raise ValueError(f"Expected kl_weight >= 0, got {weight}")
     return poutine.scale(scale=weight)
+
+
+class _TensorWeight(Messenger):
+    """``kl_scale`` for a tensor weight: scale by it and mask where it is 0 (same values as the float path)."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = weight
+        self.positive = weight > 0
+
+    def _process_message(self, msg) -> None:
+        msg["scale"] = self.weight * msg["scale"]
+        msg["mask"] = self.positive if msg["mask"] is None else msg["mask"] & self.positive
 
 
 class plate_scale(Messenger):

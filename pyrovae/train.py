@@ -66,6 +66,7 @@ from pyro.infer import ELBO, Trace_ELBO
 from pyrovae.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from pyrovae.handlers import plate_scale
 from pyrovae.objectives import make_objective
+from pyrovae.objectives.compiled import Compiled
 from pyrovae.schedules import Constant, Schedule, make_schedule
 
 __all__ = ["fit", "FitResult", "TrainingDiverged", "resolve_programs", "evaluate_elbo"]
@@ -101,12 +102,14 @@ class FitResult:
         ``seconds``.
     :ivar run_dir: the run folder, if ``out`` was given.
     :ivar step: the number of optimisation steps taken in all.
+    :ivar eager_reason: ``None`` if the training steps ran compiled, else why they ran eagerly.
     """
 
     model: Any
     history: list[dict[str, float]]
     run_dir: Path | None
     step: int
+    eager_reason: str | None = None
 
     @property
     def final(self) -> dict[str, float]:
@@ -299,6 +302,7 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     record: Mapping[str, Any] | None = None,
+    jit: bool | None = None,
 ) -> FitResult:
     r"""Train a model/guide pair by stochastic variational inference.
 
@@ -323,6 +327,10 @@ def fit(
     :param resume: continue from ``out``'s checkpoint if there is one.
     :param progress: show a progress bar with the running loss.
     :param record: extra JSON-safe metadata stored in the checkpoint (the CLI's run config).
+    :param jit: compile the training step (:class:`~pyrovae.objectives.compiled.Compiled`):
+        ``None`` (default) compiles when the pair allows it and otherwise runs
+        eagerly (``FitResult.eager_reason`` says why), ``True`` raises instead of
+        running eagerly, ``False`` never compiles.
     :returns: a :class:`FitResult`.
 
     Example::
@@ -350,6 +358,13 @@ def fit(
         raise ValueError(f"Expected optimizer in {sorted(OPTIMIZERS)}, got {optimizer!r}")
     if resume and out is None:
         raise ValueError("resume=True needs out= (the run folder holding checkpoint.pt)")
+    if jit not in (None, True, False):
+        raise ValueError(f"Expected jit to be None, True or False, got {jit!r}")
+    if jit is True and not isinstance(programs.owner, torch.nn.Module):
+        raise ValueError(
+            "jit=True needs an object that is a torch.nn.Module holding every parameter "
+            f"(got {type(programs.owner).__name__}); pass jit=None or False"
+        )
     elbo = make_objective(objective, num_particles=num_particles, alpha=alpha)
     if kl_weight is None:
         kl_weight = getattr(programs.owner, "default_kl_weight", 1.0)
@@ -393,6 +408,9 @@ def fit(
         elbo.loss(model, guide, x[: min(num_data, 4)], **programs.kwargs(schedule(0), 0))
     if not params:
         raise ValueError("The model and guide define no parameters (pyro.param or pyro.module): nothing to train")
+    step_objective: ELBO = elbo
+    if jit is not False and isinstance(programs.owner, torch.nn.Module):
+        step_objective = Compiled(elbo, programs.owner, strict=jit is True)
     if world > 1:
         for p in params.values():
             torch.distributed.broadcast(p.data, src=0)
@@ -465,7 +483,7 @@ def fit(
                     weight = schedule(step)
                     scaler.scale = num_data / xb.shape[0]  # N / B on each rank; averaging over ranks keeps it unbiased
                     optim.zero_grad(set_to_none=True)
-                    loss = elbo.loss_and_grads(model, guide, xb, **programs.kwargs(weight, step))
+                    loss = step_objective.loss_and_grads(model, guide, xb, **programs.kwargs(weight, step))
                     if world > 1:  # one all-reduce: gradients and the loss, so every rank sees a NaN anywhere
                         loss = _average_gradients(all_params, world, loss)
                     if not math.isfinite(loss):
@@ -508,7 +526,11 @@ def fit(
                     save()
     finally:
         bar.close()
-    return FitResult(model=obj, history=history, run_dir=run_dir, step=step)
+    if isinstance(step_objective, Compiled):
+        eager_reason = step_objective.eager_reason
+    else:
+        eager_reason = "jit=False" if jit is False else "the parameters are not held by one torch.nn.Module"
+    return FitResult(model=obj, history=history, run_dir=run_dir, step=step, eager_reason=eager_reason)
 
 
 def _average_gradients(params: list[torch.Tensor], world: int, loss: float | None = None) -> float | None:

@@ -7,8 +7,7 @@ from typing import Any, ClassVar
 
 import pyro
 import torch
-from torch.func import functional_call
-from torch.nn.functional import binary_cross_entropy_with_logits
+from torch.nn.functional import binary_cross_entropy_with_logits, linear
 
 from pyrovae.handlers import kl_scale
 from pyrovae.models.vae import VAE
@@ -182,6 +181,12 @@ class FactorVAE(VAE):
 
     def _frozen_density_ratio(self, z: torch.Tensor) -> torch.Tensor:
         # Detached weights: the penalty's gradient reaches z (the encoder) but
-        # never the discriminator, which only its own step may move.
-        frozen = {name: p.detach() for name, p in self.discriminator.named_parameters()}
-        return functional_call(self.discriminator, frozen, (z,))["logits"].squeeze(-1)
+        # never the discriminator, which only its own step may move.  Layer by
+        # layer rather than torch.func.functional_call, which a compiled step cannot record.
+        h = z
+        for layer in self.discriminator.net:
+            if isinstance(layer, torch.nn.Linear):
+                h = linear(h, layer.weight.detach(), layer.bias.detach())
+            else:
+                h = layer(h)  # an activation: no parameters
+        return h.squeeze(-1)

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
+from pyro.util import warn_if_nan
 
 from pyrovae.objectives.importance import ImportanceELBO, LogWeights, param_leaves
 
@@ -75,7 +76,10 @@ class DReG(ImportanceELBO):
                 "is a parameter of both; give each program its own parameters"
             )
 
-    def _backward(self, w: LogWeights, args: tuple, kwargs: dict, model: Callable, guide: Callable) -> None:
+    def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
+        """The negative IWAE bound as a float; guide and model gradients from their own surrogates."""
+        w = self._draw(model, guide, args, kwargs)
+        self._validate(w)
         model_params = list(param_leaves(w.model_trace).values())
         guide_params = list(param_leaves(w.guide_trace).values())
         weights = self._normalized(w.log_w)
@@ -89,6 +93,12 @@ class DReG(ImportanceELBO):
             surrogate = -w.scale * (weights * w.log_p).sum()
             if surrogate.requires_grad:
                 surrogate.backward(inputs=model_params)
+        loss = -w.scale * self._bound(w.log_w.detach()).sum().item()
+        warn_if_nan(loss, "loss")
+        return loss
+
+    #: no single surrogate (guide and model gradients come from different ones), so no compiled step
+    loss_and_surrogate = None
 
     def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
         raise NotImplementedError("objective='dreg' needs two backward passes; use loss_and_grads")

@@ -163,7 +163,8 @@ class ImportanceELBO(ELBO):
         if self.alpha == 1.0:
             return log_w.mean(0)
         a = 1.0 - self.alpha
-        return (torch.logsumexp(a * log_w, dim=0) - math.log(log_w.shape[0])) / a
+        # K from the configuration, not log_w.shape (a tensor while tracing)
+        return (torch.logsumexp(a * log_w, dim=0) - math.log(self.num_particles)) / a
 
     @torch.no_grad()
     def loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
@@ -173,20 +174,31 @@ class ImportanceELBO(ELBO):
         warn_if_nan(loss, "loss")
         return loss
 
-    def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
-        """The loss as a float; backpropagates this estimator's surrogate into the parameters."""
+    def loss_and_surrogate(
+        self, model: Callable, guide: Callable, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The negative bound (a detached tensor) and the surrogate whose gradient is this estimator.
+
+        Tensors only, no Python numbers read from tensors, so
+        :class:`~pyrovae.objectives.compiled.Compiled` can trace it.
+        """
         w = self._draw(model, guide, args, kwargs)
         self._validate(w)
-        loss = -w.scale * self._bound(w.log_w.detach()).sum().item()
+        loss = -w.scale * self._bound(w.log_w.detach()).sum()
+        return loss, -w.scale * self._surrogate(w, args, kwargs, guide).sum()
+
+    def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
+        """The loss as a float; backpropagates this estimator's surrogate into the parameters."""
+        loss, surrogate = self.loss_and_surrogate(model, guide, *args, **kwargs)
+        if surrogate.requires_grad:
+            surrogate.backward()
+        loss = loss.item()
         warn_if_nan(loss, "loss")
-        self._backward(w, args, kwargs, model, guide)
         return loss
 
     def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
         """The surrogate loss (its value is not the bound; its gradient is this estimator's)."""
-        w = self._draw(model, guide, args, kwargs)
-        self._validate(w)
-        return -w.scale * self._surrogate(w, args, kwargs, guide).sum()
+        return self.loss_and_surrogate(model, guide, *args, **kwargs)[1]
 
     # ------------------------------------------------------ for subclasses
     def _validate(self, w: LogWeights) -> None:
@@ -208,11 +220,6 @@ class ImportanceELBO(ELBO):
         if w.score.requires_grad:
             out = out + self._bound(w.log_w.detach()) * w.score.sum(0)
         return out
-
-    def _backward(self, w: LogWeights, args: tuple, kwargs: dict, model: Callable, guide: Callable) -> None:
-        surrogate = -w.scale * self._surrogate(w, args, kwargs, guide).sum()
-        if surrogate.requires_grad:
-            surrogate.backward()
 
     # ------------------------------------------------------------ helpers
     def _latent_sites(self, trace: Trace) -> list[dict]:
@@ -304,9 +311,7 @@ class _Layout:
             (inside if plate in frames else outside).append(site["name"])
             if plate in frames:
                 data_dim = frames[plate].dim
-                lp = site.get("log_prob")
-                if torch.is_tensor(lp) and lp.dim() >= -data_dim:
-                    batch = max(batch, lp.shape[data_dim])
+                batch = frames[plate].size  # the minibatch: the plate's (subsample) size
         if inside and outside:
             raise ValueError(
                 f"Importance-weighted objectives need every sample site inside the plate {plate!r} "
@@ -334,7 +339,7 @@ class _Layout:
         b = t.shape[self.data_dim] if self.data_dim is not None else 1
         return t.reshape(k, b).expand(self.num_particles, self.batch)
 
-    def scale(self, model_trace: Trace) -> float:
+    def scale(self, model_trace: Trace) -> float | torch.Tensor:
         """The common scale of the observations in the data plate (1 without any).
 
         ``pyro.factor`` terms (``Unit`` sites) count only when there is no other
@@ -347,6 +352,10 @@ class _Layout:
             and (self.data_dim is None or any(f.name == self.plate for f in site["cond_indep_stack"]))
         ]
         data = [site for site in observed if not isinstance(site["fn"], Unit)] or observed
+        if torch._C._get_tracing_state() is not None:
+            # While Compiled records a step, plate scales are tensors computed from traced sizes;
+            # the eager pass before compiling has already checked that they agree.
+            return next((site["scale"] for site in data), 1.0)
         scales = {}
         for site in data:
             s = site["scale"]
