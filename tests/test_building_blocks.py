@@ -302,3 +302,26 @@ def test_kl_scale_weight_is_the_same_in_a_real_model():
     assert guide_trace.nodes["z"]["scale"] == model_trace.nodes["z"]["scale"] == 0.5
     assert model_trace.nodes["x"]["scale"] == 1.0
     assert not math.isnan(model_trace.log_prob_sum().item())
+
+
+@pytest.mark.parametrize("event_shape", [(12,), (1, 4, 3)])
+def test_bernoulli_event_scores_exactly_like_pyros_bernoulli(event_shape):
+    """Values and logit gradients equal Bernoulli(logits).to_event(n), for same-shaped data (the fused
+    kernel) and for data broadcast against K samples of logits (the contraction); float32 rounding only."""
+    from pyrovae.likelihoods import BernoulliEvent
+
+    g = torch.Generator().manual_seed(0)
+    logits = (3 * torch.randn((5, 4, *event_shape), generator=g)).requires_grad_()
+    lik = make_likelihood("bernoulli", event_shape)
+    ours = lik({"logits": logits})
+    assert isinstance(ours, BernoulliEvent) and ours.event_shape == event_shape and ours.batch_shape == (5, 4)
+    reference = dist.Bernoulli(logits=logits).to_event(len(event_shape))
+    for x in (torch.bernoulli(torch.full((4, *event_shape), 0.3), generator=g),       # broadcast over 5 samples
+              torch.bernoulli(torch.full((5, 4, *event_shape), 0.3), generator=g)):   # same shape
+        got, want = ours.log_prob(x), reference.log_prob(x)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+        (grad_got,) = torch.autograd.grad(got.sum(), logits)
+        (grad_want,) = torch.autograd.grad(want.sum(), logits)
+        torch.testing.assert_close(grad_got, grad_want, rtol=1e-5, atol=1e-6)
+    expanded = ours.expand((2, 5, 4))
+    assert isinstance(expanded, BernoulliEvent) and expanded.log_prob(x).shape == (2, 5, 4)

@@ -103,7 +103,8 @@ __all__ = ["DEFAULT_BOUNDS", "ROWS_PER_CALL", "BoundResult", "LogLikelihoodResul
 ROWS_PER_CALL = 2048
 #: the IWAE-k bounds :func:`log_likelihood` reports by default (those with k <= num_samples)
 DEFAULT_BOUNDS = (1, 10, 100)
-_DEFAULT_BATCH_SIZE = 16
+#: points per batch by default: few batches, so the encoder and the per-call Python run rarely
+_DEFAULT_BATCH_SIZE = 128
 #: the vectorized plate over importance samples, left of every plate of the pair
 _PARTICLES = "_importance_particles"
 _DATA = "data"
@@ -213,7 +214,7 @@ def log_likelihood(
         ``pyro.plate("data", ...)`` and no latent outside it.
     :param data: a tensor ``(N, ...)`` or a pyrovae ``DataSet``.
     :param num_samples: K, importance samples per point.
-    :param batch_size: points per model call (default: 16, or ``ROWS_PER_CALL // chunk_size``).
+    :param batch_size: points per model call (default: 128, or ``ROWS_PER_CALL // chunk_size``).
     :param chunk_size: samples per model call (default: ``ROWS_PER_CALL // batch_size``).
     :param bounds: the :math:`k` of the IWAE-:math:`k` bounds to report from the
         same samples, each ``<= num_samples`` (default: those of 1, 10, 100 that fit).
