@@ -49,8 +49,10 @@ The true model
 Memory and speed
     Points go ``batch_size`` at a time and samples ``chunk_size`` at a time, so
     the decoder sees at most ``batch_size * chunk_size`` rows at once (default
-    about :data:`ROWS_PER_CALL`, the fastest size measured on a 2-core CPU;
-    on a GPU, try larger chunks).
+    about :data:`ROWS_PER_CALL`: a bare decoder is fastest at 1-2 thousand
+    rows on a 2-core CPU, but each call also pays Pyro's tracing, so 4096 rows
+    were fastest overall, measured by ``benchmarks/log_likelihood.py``; on a
+    GPU, try larger chunks).
     Each chunk's log-weights go into one float64 buffer on the CPU of
     ``num_samples * batch_size`` numbers (:math:`\hat k` needs all K of a
     point), reduced once per batch with log-sum-exp; the decoder's outputs
@@ -100,7 +102,7 @@ from pyrovae.train import Programs, _as_tensor, _check_positive_int, _device_of,
 __all__ = ["DEFAULT_BOUNDS", "ROWS_PER_CALL", "BoundResult", "LogLikelihoodResult", "iwae_bound", "log_likelihood"]
 
 #: decoder rows per model call that the default ``batch_size``/``chunk_size`` aim at
-ROWS_PER_CALL = 2048
+ROWS_PER_CALL = 4096
 #: the IWAE-k bounds :func:`log_likelihood` reports by default (those with k <= num_samples)
 DEFAULT_BOUNDS = (1, 10, 100)
 #: points per batch by default: few batches, so the encoder and the per-call Python run rarely
