@@ -73,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", default="auto", help="cpu, cuda or auto")
     train.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
+    train.add_argument("--no-jit", action="store_true", help="run every training step eagerly (no torch.jit.trace)")
     train.add_argument("--binarize", nargs="?", const=True, default=None, metavar="MODE",
                        help="binarize the data (digits: a flag; mnist, fashion_mnist: dynamic or static)")
     train.add_argument("--data-root", default=None, help="data folder (default: $PYROVAE_DATA_DIR or ~/.cache/pyrovae)")
@@ -157,6 +158,7 @@ def _train_config(args: argparse.Namespace) -> RunConfig:
         seed=args.seed,
         device=args.device,
         checkpoint_every=args.checkpoint_every,
+        jit=False if args.no_jit else None,
     )
 
 

@@ -53,6 +53,8 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     checkpoint_every: int | None = None
+    #: compile the training step (``fit``'s ``jit``): None = when it can, False = never
+    jit: bool | None = None
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -123,6 +125,7 @@ def run(
         out=out,
         checkpoint_every=config.checkpoint_every,
         resume=resume,
+        jit=config.jit,
         progress=progress,
         record=config.to_dict(),
     )

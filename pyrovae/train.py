@@ -39,9 +39,15 @@ What ``fit`` guarantees
       parameters, optimizer, schedule step, data order position, partial epoch
       sums and RNG state, written atomically; ``resume=True`` continues a killed
       run to the same parameters an uninterrupted run reaches (CPU).
-    * Under ``torchrun`` (``WORLD_SIZE > 1``) each rank trains on its shard,
-      gradients are averaged across ranks in one all-reduce per step and
-      rank 0 writes the run folder.
+    * Under ``torchrun`` (``WORLD_SIZE > 1``) each rank trains on its shard and
+      rank 0 writes the run folder.  Gradients are averaged across ranks by
+      :class:`~torch.nn.parallel.DistributedDataParallel` around the objective
+      (the loss and surrogate computed inside its forward, so its bucketed
+      all-reduce overlaps the backward pass) when every trained parameter lives
+      in the model's ``nn.Module`` and the objective has one surrogate;
+      otherwise (plain Pyro functions, ``graph``, ``dreg``) by one all-reduce of
+      a flat buffer per step.  The loss is averaged too, so every rank stops on
+      a NaN anywhere.
 """
 
 from __future__ import annotations
@@ -66,7 +72,7 @@ from pyro.infer import ELBO, Trace_ELBO
 from pyrovae.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from pyrovae.handlers import plate_scale
 from pyrovae.objectives import make_objective
-from pyrovae.objectives.compiled import Compiled
+from pyrovae.objectives.compiled import Compiled, loss_and_surrogate_of
 from pyrovae.schedules import Constant, Schedule, make_schedule
 
 __all__ = ["fit", "FitResult", "TrainingDiverged", "resolve_programs", "evaluate_elbo"]
@@ -103,6 +109,9 @@ class FitResult:
     :ivar run_dir: the run folder, if ``out`` was given.
     :ivar step: the number of optimisation steps taken in all.
     :ivar eager_reason: ``None`` if the training steps ran compiled, else why they ran eagerly.
+    :ivar distributed: how gradients were averaged across ranks: ``"ddp"``
+        (DistributedDataParallel), ``"all-reduce"`` (one flat buffer), or ``None``
+        in a single process.
     """
 
     model: Any
@@ -110,6 +119,7 @@ class FitResult:
     run_dir: Path | None
     step: int
     eager_reason: str | None = None
+    distributed: str | None = None
 
     @property
     def final(self) -> dict[str, float]:
@@ -328,9 +338,11 @@ def fit(
     :param progress: show a progress bar with the running loss.
     :param record: extra JSON-safe metadata stored in the checkpoint (the CLI's run config).
     :param jit: compile the training step (:class:`~pyrovae.objectives.compiled.Compiled`):
-        ``None`` (default) compiles when the pair allows it and otherwise runs
-        eagerly (``FitResult.eager_reason`` says why), ``True`` raises instead of
-        running eagerly, ``False`` never compiles.
+        ``None`` (default) compiles pyrovae's own models when the pair allows it
+        and otherwise runs eagerly (``FitResult.eager_reason`` says why);
+        ``True`` also compiles your own ``nn.Module`` (it must take every value
+        that changes during training as an argument, e.g. through
+        ``training_kwargs``) and raises where it cannot; ``False`` never compiles.
     :returns: a :class:`FitResult`.
 
     Example::
@@ -409,8 +421,15 @@ def fit(
     if not params:
         raise ValueError("The model and guide define no parameters (pyro.param or pyro.module): nothing to train")
     step_objective: ELBO = elbo
+    eager_reason = "jit=False" if jit is False else "the parameters are not held by one torch.nn.Module"
     if jit is not False and isinstance(programs.owner, torch.nn.Module):
-        step_objective = Compiled(elbo, programs.owner, strict=jit is True)
+        if jit is None and type(programs.owner).__module__.split(".")[0] != "pyrovae":
+            # Your own class may read Python state (an attribute a callback changes) that a
+            # recorded graph would freeze; pyrovae's models take such values as keyword arguments.
+            eager_reason = (f"{type(programs.owner).__name__} is defined outside pyrovae; pass jit=True to compile "
+                            "its step (it must take every value that changes during training as an argument)")
+        else:
+            step_objective = Compiled(elbo, programs.owner, strict=jit is True)
     if world > 1:
         for p in params.values():
             torch.distributed.broadcast(p.data, src=0)
@@ -424,6 +443,7 @@ def fit(
             for p in aux_params:
                 torch.distributed.broadcast(p.data, src=0)
         aux_optim = torch.optim.Adam(aux_params, lr=float(getattr(programs.owner, "auxiliary_lr", 1e-4)))
+    ddp = _data_parallel(programs, step_objective, model, guide, params, aux_params) if world > 1 else None
 
     steps_per_epoch = math.ceil(math.ceil(num_data / world) / batch_size)
     step, epoch, batch_index, history = 0, 0, 0, []
@@ -483,9 +503,16 @@ def fit(
                     weight = schedule(step)
                     scaler.scale = num_data / xb.shape[0]  # N / B on each rank; averaging over ranks keeps it unbiased
                     optim.zero_grad(set_to_none=True)
-                    loss = step_objective.loss_and_grads(model, guide, xb, **programs.kwargs(weight, step))
-                    if world > 1:  # one all-reduce: gradients and the loss, so every rank sees a NaN anywhere
-                        loss = _average_gradients(all_params, world, loss)
+                    if ddp is not None:  # DDP averages the gradients during backward; then the loss
+                        loss_tensor, surrogate = ddp(xb, **programs.kwargs(weight, step))
+                        surrogate.backward()
+                        loss_tensor = loss_tensor.detach().reshape(1).clone()
+                        torch.distributed.all_reduce(loss_tensor)
+                        loss = float(loss_tensor) / world
+                    else:
+                        loss = step_objective.loss_and_grads(model, guide, xb, **programs.kwargs(weight, step))
+                        if world > 1:  # one all-reduce: gradients and the loss, so every rank sees a NaN anywhere
+                            loss = _average_gradients(all_params, world, loss)
                     if not math.isfinite(loss):
                         where = f"; the last good checkpoint is {run_dir / CHECKPOINT_NAME}" if writer and (run_dir / CHECKPOINT_NAME).exists() else ""
                         raise TrainingDiverged(
@@ -528,9 +555,41 @@ def fit(
         bar.close()
     if isinstance(step_objective, Compiled):
         eager_reason = step_objective.eager_reason
-    else:
-        eager_reason = "jit=False" if jit is False else "the parameters are not held by one torch.nn.Module"
-    return FitResult(model=obj, history=history, run_dir=run_dir, step=step, eager_reason=eager_reason)
+    distributed = None if world <= 1 else ("ddp" if ddp is not None else "all-reduce")
+    return FitResult(model=obj, history=history, run_dir=run_dir, step=step, eager_reason=eager_reason,
+                     distributed=distributed)
+
+
+class _ObjectiveModule(torch.nn.Module):
+    """The module DistributedDataParallel wraps: its forward is the objective's loss and surrogate."""
+
+    def __init__(self, owner: torch.nn.Module, loss_and_surrogate: Callable, model: Callable, guide: Callable) -> None:
+        super().__init__()
+        self.owner = owner
+        self._loss_and_surrogate, self._model, self._guide = loss_and_surrogate, model, guide
+
+    def forward(self, x: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._loss_and_surrogate(self._model, self._guide, x, **kwargs)
+
+
+def _data_parallel(programs: Programs, objective: ELBO, model: Callable, guide: Callable,
+                   params: dict[str, torch.Tensor], aux_params: list[torch.Tensor]) -> Any:
+    """DistributedDataParallel around the objective, or ``None`` where it cannot wrap it."""
+    owner = programs.owner
+    fn = loss_and_surrogate_of(objective)
+    if not isinstance(owner, torch.nn.Module) or fn is None:
+        return None
+    if not all(id(p) in _module_param_ids(owner) for p in params.values()):
+        return None  # pyro.param sites outside the module: DDP would not see them
+    from torch.nn.parallel import DistributedDataParallel
+
+    wrapper = _ObjectiveModule(owner, fn, model, guide)
+    # the auxiliary step (a discriminator) has its own optimiser and its own all-reduce
+    aux = {id(p) for p in aux_params}
+    ignored = [name for name, p in wrapper.named_parameters() if id(p) in aux]
+    if ignored:
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(wrapper, ignored)
+    return DistributedDataParallel(wrapper, find_unused_parameters=True, broadcast_buffers=False)
 
 
 def _average_gradients(params: list[torch.Tensor], world: int, loss: float | None = None) -> float | None:

@@ -67,15 +67,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--record", action="store_true")
     parser.add_argument("--nan-step", type=int, default=None, help="poison the data from this training step on")
     parser.add_argument("--nan-rank", type=int, default=None, help="poison only on this rank (default: all)")
+    parser.add_argument("--model", choices=("slow_vae", "factor_vae"), default="slow_vae",
+                        help="factor_vae: a model with an auxiliary (discriminator) step")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(1)
     rank = os.environ.get("RANK", "0")
     data = pyrovae.datasets.load("digits", binarize=True)
     torch.manual_seed(1234)  # the networks' initial weights (fit's seed covers the rest)
-    vae = SlowVAE(data.shape, z_dim=2, hidden=(32,), arch="mlp")
-    vae.sleep = args.sleep
-    if args.nan_rank is None or args.nan_rank == int(rank):
+    if args.model == "factor_vae":
+        vae = pyrovae.MODELS["factor_vae"](data.shape, z_dim=2, hidden=(32,), arch="mlp", discriminator_hidden=(16,))
+    else:
+        vae = SlowVAE(data.shape, z_dim=2, hidden=(32,), arch="mlp")
+        vae.sleep = args.sleep
+    if args.model == "slow_vae" and (args.nan_rank is None or args.nan_rank == int(rank)):
         vae.nan_step = args.nan_step
     objective = RecordingELBO() if args.record else "elbo"
     options = dict(
@@ -101,6 +106,8 @@ def main(argv: list[str] | None = None) -> None:
             "history": result.history,
             "step": result.step,
             "seen": objective.seen if args.record else [],
+            "distributed": result.distributed,
+            "eager_reason": result.eager_reason,
         },
         args.result.format(rank=rank),
     )

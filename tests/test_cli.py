@@ -110,3 +110,15 @@ def test_compare_estimators_and_sweep_commands(tmp_path, capsys):
     with Image.open(out / "tradeoff.png") as image:
         low, high = image.convert("L").getextrema()
         assert image.size[0] > 100 and low < high  # drawn, not blank
+
+
+def test_train_no_jit_is_recorded_and_runs_eagerly(tmp_path, capsys):
+    out = tmp_path / "eager"
+    args = ["train", "--model", "vae", "--dataset", "digits", "--binarize", "--z-dim", "2", "--epochs", "1",
+            "--batch-size", "512", "--out", str(out), "--no-progress", "--no-jit"]
+    assert main(args) == 0
+    assert json.loads((out / "config.json").read_text())["jit"] is False
+    from pyrovae.experiment import RunConfig
+
+    default = RunConfig()
+    assert default.jit is None  # compiles when it can

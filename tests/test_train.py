@@ -149,7 +149,9 @@ class CrashingVAE(pyrovae.VAE):
 
 def test_resume_after_crash_mid_epoch_equals_uninterrupted_run(digits, tmp_path):
     x = digits.x[:256]
-    options = dict(batch_size=64, lr=1e-2, seed=5, device="cpu", progress=False, epochs=3)
+    # jit=True: the crashing subclass (defined here) compiles too, so all three runs take the same
+    # compiled steps, and the check covers resuming a compiled run (graphs are re-recorded, RNG untouched)
+    options = dict(batch_size=64, lr=1e-2, seed=5, device="cpu", progress=False, epochs=3, jit=True)
 
     torch.manual_seed(0)
     crashing = CrashingVAE((1, 8, 8), z_dim=2, hidden=(16,), arch="mlp")

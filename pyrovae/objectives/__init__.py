@@ -38,6 +38,10 @@ the minibatch scale out of the log-sum-exp (see
 :mod:`pyrovae.objectives.importance`); they need every site inside the plate
 ``"data"`` and say which site is not.  ``stl`` and ``dreg`` also need
 reparameterized guide sites.
+
+:class:`~pyrovae.objectives.compiled.Compiled` wraps any of them but ``graph``
+and ``dreg`` (and Pyro's ``Trace_ELBO``/``TraceMeanField_ELBO``) into a step
+recorded once with ``torch.jit.trace``: ``fit`` uses it for pyrovae's models.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from typing import Any
 
 from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 
+from pyrovae.objectives.compiled import Compiled
 from pyrovae.objectives.dreg import DReG
 from pyrovae.objectives.graph import GraphELBO
 from pyrovae.objectives.importance import ImportanceELBO
@@ -57,6 +62,7 @@ from pyrovae.objectives.stl import StickingTheLanding
 
 __all__ = [
     "OBJECTIVES",
+    "Compiled",
     "DReG",
     "GraphELBO",
     "ImportanceELBO",

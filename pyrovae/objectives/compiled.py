@@ -8,6 +8,12 @@ objective's loss and surrogate, handlers already applied -- and then replays
 the recorded graph.  Random draws stay random (they are operations in the
 graph); the estimator, its value and its gradients are the wrapped objective's.
 
+What a recording cannot see: Python state that changes between steps outside
+the arguments (an attribute set by a callback, a global).  Such a value is
+frozen into the graph.  pyrovae's models take everything that changes as a
+keyword argument (``kl_weight``, ``training_kwargs``), so ``fit`` compiles
+them by default and compiles your own classes only with ``jit=True``.
+
 What can be compiled (checked before the first compiled step; otherwise the
 step runs eagerly and :attr:`Compiled.eager_reason` says why):
 
@@ -58,14 +64,26 @@ class NotCompilable(Exception):
 
 
 def _trace_elbo(elbo: Trace_ELBO, model: Callable, guide: Callable, *args: Any, **kwargs: Any):
-    """``Trace_ELBO``'s loss as tensors: for a reparameterized guide the surrogate is the loss itself."""
-    loss = 0.0
+    """``Trace_ELBO``'s loss and surrogate as tensors.
+
+    For a reparameterized guide the surrogate is the negative ELBO itself, all
+    in tensors (so it can be recorded); otherwise Pyro's own score-function
+    surrogate, which reads the loss as a Python float and so runs eagerly only.
+    """
+    loss = surrogate = 0.0
     for model_trace, guide_trace in elbo._get_traces(model, guide, args, kwargs):
-        for site in guide_trace.nodes.values():
-            if site["type"] == "sample" and not site["is_observed"] and not getattr(site["fn"], "has_rsample", False):
-                raise NotCompilable(f"guide site {site['name']!r} is not reparameterized")
-        loss = loss - (model_trace.log_prob_sum() - guide_trace.log_prob_sum()) / elbo.num_particles
-    return loss, loss
+        latents = [s for s in guide_trace.nodes.values() if s["type"] == "sample" and not s["is_observed"]]
+        if all(getattr(site["fn"], "has_rsample", False) for site in latents):
+            particle = -(model_trace.log_prob_sum() - guide_trace.log_prob_sum())
+            particle_loss, particle_surrogate = particle.detach(), particle
+        elif torch._C._get_tracing_state() is not None:
+            raise NotCompilable("the guide has latent sites that are not reparameterized")
+        else:
+            particle_loss, particle_surrogate = elbo._differentiable_loss_particle(model_trace, guide_trace)
+            particle_loss = torch.as_tensor(particle_loss)
+        loss = loss + particle_loss / elbo.num_particles
+        surrogate = surrogate + particle_surrogate / elbo.num_particles
+    return loss, surrogate
 
 
 def _mean_field_elbo(elbo: TraceMeanField_ELBO, model: Callable, guide: Callable, *args: Any, **kwargs: Any):
@@ -84,6 +102,8 @@ _PYRO_ESTIMATORS: dict[type, Callable] = {Trace_ELBO: _trace_elbo, TraceMeanFiel
 
 def loss_and_surrogate_of(objective: ELBO) -> Callable | None:
     """The objective's ``(model, guide, *args, **kwargs) -> (loss, surrogate)`` in tensors, or ``None``."""
+    if isinstance(objective, Compiled):
+        return objective.loss_and_surrogate if objective._fn is not None else None
     method = getattr(objective, "loss_and_surrogate", None)
     if callable(method):
         return method
@@ -220,6 +240,17 @@ class Compiled(ELBO):
 
     def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
         return self.objective.differentiable_loss(model, guide, *args, **kwargs)
+
+    def loss_and_surrogate(
+        self, model: Callable, guide: Callable, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The wrapped objective's loss and surrogate, from the recorded graph when there is one."""
+        graph, inputs = self._graph(model, guide, args, kwargs)
+        if graph is not None:
+            return graph(*inputs)
+        if self._fn is None:
+            raise NotImplementedError(f"{type(self.objective).__name__} has no loss_and_surrogate")
+        return self._fn(model, guide, *args, **kwargs)
 
     def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
         graph, inputs = self._graph(model, guide, args, kwargs)
