@@ -44,24 +44,33 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def torchrun(tmp_path_factory) -> Path:
-    """Launch the two-rank run once; return its folder."""
-    root = tmp_path_factory.mktemp("ddp")
+def _run_two_ranks(root: Path, *script_args: str) -> subprocess.CompletedProcess:
+    """``torchrun`` the training script on two CPU ranks (gloo, loopback) in ``root``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo",
            "PYTHONUNBUFFERED": "1"}
     env.pop("WORLD_SIZE", None)
     command = [
         sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={WORLD}", "--nnodes=1",
-        "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
-        str(SCRIPT), "--epochs", str(EPOCHS), "--batch-size", "128", "--seed", "11", "--record",
-        "--out", str(root / "run{rank}"), "--result", str(root / "rank{rank}.pt"),
+        "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(SCRIPT), *script_args,
     ]
     try:
-        proc = subprocess.run(command, env=env, cwd=root, capture_output=True, text=True, timeout=120)
+        return subprocess.run(command, env=env, cwd=root, capture_output=True, text=True, timeout=120)
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"torchrun did not finish in 120 s:\n{(e.stdout or '')[-2000:]}\n{(e.stderr or '')[-2000:]}")
+
+
+def _succeeded(proc: subprocess.CompletedProcess) -> None:
     assert proc.returncode == 0, f"torchrun failed (rc={proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+
+
+@pytest.fixture(scope="module")
+def torchrun(tmp_path_factory) -> Path:
+    """Launch the two-rank run once (a recording objective: every minibatch kept); return its folder."""
+    root = tmp_path_factory.mktemp("ddp")
+    _succeeded(_run_two_ranks(
+        root, "--epochs", str(EPOCHS), "--batch-size", "128", "--seed", "11", "--record",
+        "--out", str(root / "run{rank}"), "--result", str(root / "rank{rank}.pt"),
+    ))
     return root
 
 
@@ -126,15 +135,10 @@ def test_only_rank_zero_writes_the_run_folder(torchrun):
 
 def test_nan_on_one_rank_stops_every_rank(tmp_path):
     nan_step = 5
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
-    env.pop("WORLD_SIZE", None)
-    command = [
-        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={WORLD}", "--nnodes=1",
-        "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
-        str(SCRIPT), "--epochs", "2", "--nan-step", str(nan_step), "--nan-rank", "1",
+    proc = _run_two_ranks(
+        tmp_path, "--epochs", "2", "--nan-step", str(nan_step), "--nan-rank", "1",
         "--out", str(tmp_path / "run"), "--result", str(tmp_path / "rank{rank}.pt"),
-    ]
-    proc = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    )
     assert proc.returncode != 0
     for rank in range(WORLD):
         path = tmp_path / f"rank{rank}.pt"
@@ -147,17 +151,10 @@ def test_nan_on_one_rank_stops_every_rank(tmp_path):
 def torchrun_ddp(tmp_path_factory) -> Path:
     """Two ranks train a FactorVAE (compiled ELBO step, plus a discriminator step) with "elbo"."""
     root = tmp_path_factory.mktemp("ddp_factor_vae")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo",
-           "PYTHONUNBUFFERED": "1"}
-    env.pop("WORLD_SIZE", None)
-    command = [
-        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={WORLD}", "--nnodes=1",
-        "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
-        str(SCRIPT), "--model", "factor_vae", "--epochs", str(EPOCHS), "--batch-size", "128", "--seed", "5",
+    _succeeded(_run_two_ranks(
+        root, "--model", "factor_vae", "--epochs", str(EPOCHS), "--batch-size", "128", "--seed", "5",
         "--result", str(root / "rank{rank}.pt"),
-    ]
-    proc = subprocess.run(command, env=env, cwd=root, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, f"torchrun failed (rc={proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    ))
     return root
 
 
