@@ -79,29 +79,33 @@ class Likelihood(nn.Module):
 class BernoulliEvent(dist.Independent):
     r"""Independent Bernoulli pixels as one event: ``Bernoulli(logits).to_event(n)``, faster to score.
 
+    For :math:`x \in \{0, 1\}` (the support),
+
     .. math::
 
         \log p(x \mid l) = \sum_d x_d\, l_d - \operatorname{softplus}(l_d)
+                         = -\sum_d \operatorname{softplus}\big((1 - 2 x_d)\, l_d\big).
 
-    When the data broadcast against the logits (K importance samples of the
-    decoder for each of B points), the :math:`x \cdot l` term is one
-    contraction, so the data are never copied K times; the values equal
-    ``binary_cross_entropy_with_logits`` (tested), about 3x faster at
-    K x B = 2048 rows.  Same-shaped data (training) take that fused kernel,
-    and negate after summing over the event.
+    Data of the logits' shape (a training step) take PyTorch's fused
+    ``binary_cross_entropy_with_logits``, negated after the event sum.  Data
+    that broadcast against the logits (K importance samples of the decoder for
+    each of B points) take the right-hand form: the sign is computed on the B
+    data points once, and every term is a non-positive number, so the sum has
+    no cancellation (as accurate as the fused kernel, tested) and is about 1.4x
+    faster at K x B = 2048 rows because the data are never expanded K times.
+    Anything else (event dimensions that broadcast, another dtype) goes to
+    Pyro's ``Independent``.
     """
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         logits = self.base_dist.logits
         n = self.reinterpreted_batch_ndims
-        if n == 0:
+        if n == 0 or value.dim() < n or value.dtype != logits.dtype or value.shape[-n:] != logits.shape[-n:]:
             return super().log_prob(value)
+        dims = tuple(range(-n, 0))
         if value.shape == logits.shape:
-            dims = tuple(range(-n, 0))
             return binary_cross_entropy_with_logits(logits, value, reduction="none").sum(dims).neg()
-        flat_logits = logits.flatten(-n) if n > 1 else logits
-        flat_value = value.flatten(-n) if n > 1 else value
-        return torch.einsum("...d,...d->...", flat_logits, flat_value) - softplus(flat_logits).sum(-1)
+        return softplus(logits * (1 - 2 * value)).sum(dims).neg()
 
 
 class Bernoulli(Likelihood):

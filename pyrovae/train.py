@@ -207,14 +207,21 @@ def _resolve_device(device: str | torch.device) -> torch.device:
     return device
 
 
-def _distributed(device: torch.device) -> tuple[int, int]:
-    """(rank, world size); initialises the process group under torchrun."""
+def _distributed(device: torch.device) -> tuple[int, int, torch.device]:
+    """(rank, world size, this rank's device); initialises the process group under torchrun.
+
+    On GPUs each rank takes the GPU of its ``LOCAL_RANK`` (torchrun sets it), as NCCL needs.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1 or not torch.distributed.is_available():
-        return 0, 1
+        return 0, 1, device
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     if not torch.distributed.is_initialized():
         torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return torch.distributed.get_rank(), torch.distributed.get_world_size(), device
 
 
 def _inspect(programs: Programs, x: torch.Tensor, kwargs: dict) -> tuple[dict[str, torch.Tensor], int]:
@@ -342,7 +349,8 @@ def fit(
         and otherwise runs eagerly (``FitResult.eager_reason`` says why);
         ``True`` also compiles your own ``nn.Module`` (it must take every value
         that changes during training as an argument, e.g. through
-        ``training_kwargs``) and raises where it cannot; ``False`` never compiles.
+        ``training_kwargs``) and raises where it cannot (under ``torchrun`` a
+        rank that cannot runs eagerly instead); ``False`` never compiles.
     :returns: a :class:`FitResult`.
 
     Example::
@@ -390,7 +398,7 @@ def fit(
     run_dir = Path(out) if out is not None else None
 
     # ------------------------------------------------------------ set-up
-    rank, world = _distributed(device)
+    rank, world, device = _distributed(device)
     if isinstance(programs.owner, torch.nn.Module):
         programs.owner.to(device)
     x = x.to(device)
@@ -429,7 +437,8 @@ def fit(
             eager_reason = (f"{type(programs.owner).__name__} is defined outside pyrovae; pass jit=True to compile "
                             "its step (it must take every value that changes during training as an argument)")
         else:
-            step_objective = Compiled(elbo, programs.owner, strict=jit is True)
+            # strict only in one process: a refusal on one rank must not leave the others waiting
+            step_objective = Compiled(elbo, programs.owner, strict=jit is True and world == 1)
     if world > 1:
         for p in params.values():
             torch.distributed.broadcast(p.data, src=0)
@@ -443,7 +452,7 @@ def fit(
             for p in aux_params:
                 torch.distributed.broadcast(p.data, src=0)
         aux_optim = torch.optim.Adam(aux_params, lr=float(getattr(programs.owner, "auxiliary_lr", 1e-4)))
-    ddp = _data_parallel(programs, step_objective, model, guide, params, aux_params) if world > 1 else None
+    ddp = _data_parallel(programs, step_objective, model, guide, params, aux_params, device) if world > 1 else None
 
     steps_per_epoch = math.ceil(math.ceil(num_data / world) / batch_size)
     step, epoch, batch_index, history = 0, 0, 0, []
@@ -573,7 +582,7 @@ class _ObjectiveModule(torch.nn.Module):
 
 
 def _data_parallel(programs: Programs, objective: ELBO, model: Callable, guide: Callable,
-                   params: dict[str, torch.Tensor], aux_params: list[torch.Tensor]) -> Any:
+                   params: dict[str, torch.Tensor], aux_params: list[torch.Tensor], device: torch.device) -> Any:
     """DistributedDataParallel around the objective, or ``None`` where it cannot wrap it."""
     owner = programs.owner
     fn = loss_and_surrogate_of(objective)
@@ -584,12 +593,15 @@ def _data_parallel(programs: Programs, objective: ELBO, model: Callable, guide: 
     from torch.nn.parallel import DistributedDataParallel
 
     wrapper = _ObjectiveModule(owner, fn, model, guide)
-    # the auxiliary step (a discriminator) has its own optimiser and its own all-reduce
-    aux = {id(p) for p in aux_params}
+    # the auxiliary step (a discriminator) has its own optimiser and its own all-reduce; a parameter
+    # that the ELBO trains too stays with DDP, so its ELBO gradient is averaged
+    aux = {id(p) for p in aux_params} - {id(p) for p in params.values()}
     ignored = [name for name, p in wrapper.named_parameters() if id(p) in aux]
     if ignored:
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(wrapper, ignored)
-    return DistributedDataParallel(wrapper, find_unused_parameters=True, broadcast_buffers=False)
+    device_ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(wrapper, device_ids=device_ids, find_unused_parameters=True,
+                                   broadcast_buffers=False)
 
 
 def _average_gradients(params: list[torch.Tensor], world: int, loss: float | None = None) -> float | None:

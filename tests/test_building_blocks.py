@@ -325,3 +325,37 @@ def test_bernoulli_event_scores_exactly_like_pyros_bernoulli(event_shape):
         torch.testing.assert_close(grad_got, grad_want, rtol=1e-5, atol=1e-6)
     expanded = ours.expand((2, 5, 4))
     assert isinstance(expanded, BernoulliEvent) and expanded.log_prob(x).shape == (2, 5, 4)
+
+
+def test_bernoulli_event_falls_back_where_its_fast_paths_do_not_apply():
+    """Broadcast event dimensions, logits narrower than the data, other dtypes: Pyro's Independent answers."""
+    from pyrovae.likelihoods import BernoulliEvent
+
+    g = torch.Generator().manual_seed(1)
+    cases = [
+        ((3, 1), (3, 5), 1),            # logits broadcast up to the data
+        ((2, 4, 2, 3), (4, 1, 3), 2),   # an event dimension broadcasts
+        ((2, 4, 5), (4, 5), 1),         # the fast broadcast path, for comparison
+    ]
+    for logits_shape, value_shape, n in cases:
+        logits = 10 * torch.randn(logits_shape, generator=g)
+        value = torch.bernoulli(torch.full(value_shape, 0.5), generator=g)
+        ours = BernoulliEvent(dist.Bernoulli(logits=logits, validate_args=False), n, validate_args=False)
+        want = dist.Bernoulli(logits=logits, validate_args=False).to_event(n).log_prob(value)
+        torch.testing.assert_close(ours.log_prob(value), want, rtol=1e-5, atol=1e-4)
+    logits = torch.randn(2, 4, 5)
+    value64 = torch.bernoulli(torch.full((4, 5), 0.5), generator=g).double()
+    ours = BernoulliEvent(dist.Bernoulli(logits=logits, validate_args=False), 1, validate_args=False)
+    assert ours.log_prob(value64).shape == (2, 4)
+
+
+def test_bernoulli_event_is_accurate_for_saturated_logits():
+    """|logits| ~ 30 on the data's side: each term is ~1e-13, so the sum must be tiny, not a cancellation."""
+    from pyrovae.likelihoods import make_likelihood
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.bernoulli(torch.full((4, 784), 0.2), generator=g)
+    logits = (2 * x - 1).expand(8, 4, 784) * 30 + torch.randn(8, 4, 784, generator=g)
+    got = make_likelihood("bernoulli", (784,))({"logits": logits}).log_prob(x)
+    want = dist.Bernoulli(logits=logits.double()).to_event(1).log_prob(x.double())
+    assert float((got.double() - want).abs().max()) < 1e-6

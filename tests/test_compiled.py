@@ -244,3 +244,72 @@ def test_tensor_kl_weight_equals_the_float_weight_including_zero():
     with pytest.raises(ValueError, match="0-dim tensor"):
         with pyrovae.handlers.kl_scale(torch.ones(2)):
             pass
+
+
+def test_objectives_that_override_loss_and_grads_keep_their_step():
+    """A subclass that clips or logs in loss_and_grads must not be replaced by a recorded surrogate."""
+    from pyrovae.objectives import RenyiBound
+
+    class Logged(RenyiBound):
+        calls = 0
+
+        def loss_and_grads(self, model, guide, *args, **kwargs):
+            Logged.calls += 1
+            return super().loss_and_grads(model, guide, *args, **kwargs)
+
+    assert loss_and_surrogate_of(Logged(3, alpha=0.0)) is None
+    assert loss_and_surrogate_of(RenyiBound(3, alpha=0.0)) is not None
+    pyro.set_rng_seed(0)
+    vae = small_model("vae", "real_flat")
+    result = pyrovae.fit(vae, make_data("real_flat", 32), objective=Logged(3, alpha=0.0), epochs=1,
+                         batch_size=16, device="cpu", progress=False)
+    assert Logged.calls == 2 and "Logged has no loss_and_surrogate" in result.eager_reason
+
+
+def test_mean_field_loss_and_surrogate_are_tensors_when_eager():
+    pyro.set_rng_seed(0)
+    vae = small_model("vae", "real_flat")
+    loss, surrogate = loss_and_surrogate_of(make_objective("meanfield"))(vae.model, vae.guide, make_data("real_flat", 8))
+    assert torch.is_tensor(loss) and not loss.requires_grad and surrogate.requires_grad
+    assert float(loss) == pytest.approx(float(surrogate.detach()))
+
+
+def test_keyword_tensors_and_ever_changing_integers_run_eagerly_with_a_reason():
+    pyro.set_rng_seed(0)
+    vae = small_model("vae", "real_flat")
+    x = make_data("real_flat", 16)
+
+    def model(x, labels=None, step=0):
+        return vae.model(x)
+
+    def guide(x, labels=None, step=0):
+        return vae.guide(x)
+
+    with pyro.validation_enabled(False):
+        compiled = Compiled(make_objective("elbo"), vae)
+        compiled.loss_and_grads(model, guide, x, labels=torch.zeros(16, dtype=torch.long))
+        assert "'labels' is a tensor of shape (16,)" in compiled.eager_reason
+        compiled = Compiled(make_objective("elbo"), vae)
+        for step in range(12):
+            compiled.loss_and_grads(model, guide, x, step=step)
+        assert len(compiled._graphs) == 8 and "changes from step to step" in compiled.eager_reason
+
+
+def test_importance_objectives_accept_a_data_plate_without_a_size():
+    """pyro.plate("data", dim=-1) records size -1: the batch comes from the sites, as before compiling existed."""
+    def model(x, sized=True):
+        with pyro.plate("data", x.shape[0] if sized else None, dim=-1):
+            z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0]), 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x, sized=True):
+        loc = pyro.param("loc", torch.zeros(x.shape[0]))
+        with pyro.plate("data", x.shape[0] if sized else None, dim=-1):
+            pyro.sample("z", dist.Normal(loc, 1.0))
+
+    x = torch.randn(6)
+    losses = []
+    for sized in (True, False):
+        torch.manual_seed(3)
+        losses.append(make_objective("iwae", num_particles=4).loss(model, guide, x, sized=sized))
+    assert losses[1] == pytest.approx(losses[0]) and math.isfinite(losses[0])

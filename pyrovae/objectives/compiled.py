@@ -27,8 +27,9 @@ step runs eagerly and :attr:`Compiled.eager_reason` says why):
 * no Python code outside torch, Pyro and pyrovae reads a tensor's value while
   tracing (a :class:`torch.jit.TracerWarning` from your file may mean a branch on data);
 * the recorded graph agrees with the eager step, on the same random numbers,
-  at the first minibatch's keyword arguments and at different ones -- which
-  catches a number baked in where a schedule should have moved it.
+  at the minibatch's keyword arguments and, for a graph whose float arguments
+  are inputs, at different values of them -- which catches a number baked in
+  where a schedule should have moved it.
 
 One graph is kept per input signature (tensor shapes, dtypes and devices, and
 the values of the other arguments), so the last, smaller minibatch of an
@@ -59,6 +60,10 @@ from torch import nn
 __all__ = ["Compiled", "loss_and_surrogate_of"]
 
 
+#: recordings kept per objective; more means an argument changes every step, so the step runs eagerly
+MAX_GRAPHS = 8
+
+
 class NotCompilable(Exception):
     """Why a step cannot be compiled (the step then runs eagerly)."""
 
@@ -80,7 +85,7 @@ def _trace_elbo(elbo: Trace_ELBO, model: Callable, guide: Callable, *args: Any, 
             raise NotCompilable("the guide has latent sites that are not reparameterized")
         else:
             particle_loss, particle_surrogate = elbo._differentiable_loss_particle(model_trace, guide_trace)
-            particle_loss = torch.as_tensor(particle_loss)
+            particle_loss = torch.as_tensor(particle_loss, dtype=particle_surrogate.dtype, device=particle_surrogate.device)
         loss = loss + particle_loss / elbo.num_particles
         surrogate = surrogate + particle_surrogate / elbo.num_particles
     return loss, surrogate
@@ -90,7 +95,8 @@ def _mean_field_elbo(elbo: TraceMeanField_ELBO, model: Callable, guide: Callable
     """``TraceMeanField_ELBO``'s loss and surrogate (Pyro's particle loss is trace-safe)."""
     loss = surrogate = 0.0
     for model_trace, guide_trace in elbo._get_traces(model, guide, args, kwargs):
-        particle_loss, particle_surrogate = elbo._differentiable_loss_particle(model_trace, guide_trace)
+        _, particle_surrogate = elbo._differentiable_loss_particle(model_trace, guide_trace)
+        particle_loss = particle_surrogate.detach()  # Pyro's own loss value is the same number, as a float
         loss = loss + particle_loss / elbo.num_particles
         surrogate = surrogate + particle_surrogate / elbo.num_particles
     return loss, surrogate
@@ -106,6 +112,12 @@ def loss_and_surrogate_of(objective: ELBO) -> Callable | None:
         return objective.loss_and_surrogate if objective._fn is not None else None
     method = getattr(objective, "loss_and_surrogate", None)
     if callable(method):
+        # a subclass that overrides loss_and_grads (clipping, logging, two surrogates) must keep it
+        mro = type(objective).__mro__
+        defines = [k for k in mro if "loss_and_surrogate" in vars(k)]
+        overrides = [k for k in mro if "loss_and_grads" in vars(k)]
+        if overrides and defines and mro.index(overrides[0]) < mro.index(defines[0]):
+            return None
         return method
     fn = _PYRO_ESTIMATORS.get(type(objective))
     if fn is None:
@@ -119,6 +131,10 @@ class _Signature:
     def __init__(self, args: tuple, kwargs: dict, like: torch.Tensor, varying: set[str]) -> None:
         self.like = like
         self.arg_slots = [torch.is_tensor(a) for a in args]
+        for k, v in kwargs.items():
+            if torch.is_tensor(v) and not (v.dim() == 0 and v.is_floating_point()):
+                raise NotCompilable(f"keyword argument {k!r} is a tensor of shape {tuple(v.shape)} and dtype "
+                                    f"{v.dtype}; only 0-dim float tensors can be graph inputs")
         self.float_keys = sorted(
             k for k, v in kwargs.items() if torch.is_tensor(v) or (isinstance(v, float) and k in varying)
         )
@@ -288,6 +304,11 @@ class Compiled(ELBO):
         inputs = signature.inputs(args, kwargs)
         graph = self._graphs.get(signature.key)
         if graph is None:
+            if len(self._graphs) >= MAX_GRAPHS:
+                changing = sorted(signature.constants) or ["(the tensor shapes)"]
+                self._give_up(f"more than {MAX_GRAPHS} input signatures; an argument among {changing} changes "
+                              "from step to step (pass a changing number as a float)")
+                return None, ()
             try:
                 graph = self._record(model, guide, args, kwargs, signature, inputs)
             except NotCompilable as e:
@@ -316,8 +337,9 @@ class Compiled(ELBO):
             foreign = _foreign_tracer_warning(caught)
             if foreign is not None:
                 raise NotCompilable(foreign)
-            for other in (kwargs, _perturbed(kwargs, signature.float_keys)):
-                self._check(graph, model, guide, args, other, signature)
+            self._check(graph, model, guide, args, kwargs, signature)
+            if signature.float_keys:  # a graph input must move the result as the eager step does
+                self._check(graph, model, guide, args, _perturbed(kwargs, signature.float_keys), signature)
         return graph
 
     def _check_programs(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> None:

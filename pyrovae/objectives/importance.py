@@ -311,7 +311,13 @@ class _Layout:
             (inside if plate in frames else outside).append(site["name"])
             if plate in frames:
                 data_dim = frames[plate].dim
-                batch = frames[plate].size  # the minibatch: the plate's (subsample) size
+                size = frames[plate].size  # the minibatch: the plate's (subsample) size
+                if isinstance(size, int) and size < 0:  # pyro.plate(name, dim=...) without a size
+                    lp = site.get("log_prob")
+                    if torch.is_tensor(lp) and lp.dim() >= -data_dim:
+                        batch = max(batch, lp.shape[data_dim])
+                else:  # a tensor while tracing: no Python comparison on it
+                    batch = size
         if inside and outside:
             raise ValueError(
                 f"Importance-weighted objectives need every sample site inside the plate {plate!r} "
