@@ -22,7 +22,9 @@ FactorVAE score and the BetaVAE score of the representation
 
 What it reaches
     Full setting (``python examples/beta_tcvae_sprites.py``; 50,000 images,
-    30 epochs, 10,000 metric points): not yet measured (see examples/README.md).
+    30 epochs, 10,000 metric points): test ELBO -96.88, MIG 0.087,
+    DCI disentanglement 0.149, SAP 0.038, FactorVAE score 0.591, BetaVAE score 0.778
+    (measured once, seed 0, 1 h 18 min on 2 shared CPU cores; see examples/README.md).
     Reference: Locatello et al. 2019 (arXiv:1811.12359) trained β-TCVAE with
     β in {1, 2, 4, 6, 8, 10} on dSprites, 300,000 steps each; across
     hyper-parameters and seeds their MIG lies roughly between 0 and 0.4, and

@@ -18,7 +18,9 @@ FactorVAE score and the BetaVAE score of the representation
 
 What it reaches
     Full setting (``python examples/beta_vae_sprites.py``; 50,000 images,
-    30 epochs, 10,000 metric points): not yet measured (see examples/README.md).
+    30 epochs, 10,000 metric points): test ELBO -78.47, MIG 0.076,
+    DCI disentanglement 0.128, SAP 0.047, FactorVAE score 0.508, BetaVAE score 0.727
+    (measured once, seed 0, 1 h 15 min on 2 shared CPU cores; see examples/README.md).
     Reference: Locatello et al. 2019 (arXiv:1811.12359) trained β-VAE with
     β in {1, 2, 4, 6, 8, 16} on dSprites, 300,000 steps each; across
     hyper-parameters and seeds their MIG lies roughly between 0 and 0.4, and
