@@ -588,7 +588,8 @@ def _data_parallel(programs: Programs, objective: ELBO, model: Callable, guide: 
     fn = loss_and_surrogate_of(objective)
     if not isinstance(owner, torch.nn.Module) or fn is None:
         return None
-    if not all(id(p) in _module_param_ids(owner) for p in params.values()):
+    owned = _module_param_ids(owner)
+    if not all(id(p) in owned for p in params.values()):
         return None  # pyro.param sites outside the module: DDP would not see them
     from torch.nn.parallel import DistributedDataParallel
 

@@ -57,6 +57,8 @@ from pyro.poutine.util import prune_subsample_sites
 from pyro.util import warn_if_nan
 from torch import nn
 
+from pyrovae.objectives.importance import param_leaves
+
 __all__ = ["Compiled", "loss_and_surrogate_of"]
 
 
@@ -236,7 +238,7 @@ class Compiled(ELBO):
         self.eager_reason: str | None = None
         self._fn = loss_and_surrogate_of(objective)
         self._graphs: dict[Hashable, Any] = {}
-        self._checked_guide = False
+        self._checked_programs = False
         self._last_floats: dict[str, float] = {}
         self._varying: set[str] = set()
         if self._fn is None:
@@ -319,11 +321,11 @@ class Compiled(ELBO):
 
     def _record(self, model: Callable, guide: Callable, args: tuple, kwargs: dict, signature: _Signature,
                 inputs: tuple[torch.Tensor, ...]):
-        devices = [like.device for like in (signature.like,) if like.device.type == "cuda"]
+        devices = [signature.like.device] if signature.like.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), pyro.validation_enabled(False):
-            if not self._checked_guide:
+            if not self._checked_programs:
                 self._check_programs(model, guide, args, kwargs)
-                self._checked_guide = True
+                self._checked_programs = True
             step = _Step(self.module, self._fn, model, guide, signature, args)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
@@ -348,17 +350,15 @@ class Compiled(ELBO):
             guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
             model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
         guide_trace, model_trace = prune_subsample_sites(guide_trace), prune_subsample_sites(model_trace)
+        for site in guide_trace.nodes.values():
+            if site["type"] == "sample" and not site["is_observed"]:
+                if not getattr(site["fn"], "has_rsample", False) or site["infer"].get("enumerate"):
+                    raise NotCompilable(f"guide site {site['name']!r} is not reparameterized")
         owned = {id(p) for p in self.module.parameters()}
         for trace in (guide_trace, model_trace):
-            for site in trace.nodes.values():
-                if trace is guide_trace and site["type"] == "sample" and not site["is_observed"]:
-                    if not getattr(site["fn"], "has_rsample", False) or site["infer"].get("enumerate"):
-                        raise NotCompilable(f"guide site {site['name']!r} is not reparameterized")
-                if site["type"] == "param":
-                    value = site["value"]
-                    leaf = value.unconstrained() if hasattr(value, "unconstrained") else value
-                    if leaf.requires_grad and id(leaf) not in owned:
-                        raise NotCompilable(f"parameter {site['name']!r} is not a parameter of the module")
+            for name, leaf in param_leaves(trace).items():
+                if id(leaf) not in owned:
+                    raise NotCompilable(f"parameter {name!r} is not a parameter of the module")
 
     def _check(self, graph: Any, model: Callable, guide: Callable, args: tuple, kwargs: dict,
                signature: _Signature) -> None:
