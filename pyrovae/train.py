@@ -25,7 +25,8 @@ Variant hooks (optional methods of the trained object; the trainer never asks a 
     * ``auxiliary_parameters() -> iterable of tensors`` with
       ``auxiliary_loss(x) -> dict[str, Tensor]``: a second optimisation step
       after each ELBO step (e.g. FactorVAE's discriminator).  ``fit`` owns its
-      optimizer (Adam, ``auxiliary_lr`` attribute, default 1e-4), minimises the
+      optimizer (Adam; ``auxiliary_lr`` and ``auxiliary_betas`` attributes, default
+      1e-4 and (0.9, 0.999)), minimises the
       ``"loss"`` entry, logs every entry's epoch mean in the history with an
       ``aux_`` prefix and checkpoints the optimizer with the rest.
     * ``set_num_data(N)``: told the training set's size before the first step
@@ -451,7 +452,11 @@ def fit(
         if world > 1:
             for p in aux_params:
                 torch.distributed.broadcast(p.data, src=0)
-        aux_optim = torch.optim.Adam(aux_params, lr=float(getattr(programs.owner, "auxiliary_lr", 1e-4)))
+        aux_optim = torch.optim.Adam(
+            aux_params,
+            lr=float(getattr(programs.owner, "auxiliary_lr", 1e-4)),
+            betas=tuple(getattr(programs.owner, "auxiliary_betas", (0.9, 0.999))),
+        )
     ddp = _data_parallel(programs, step_objective, model, guide, params, aux_params, device) if world > 1 else None
 
     steps_per_epoch = math.ceil(math.ceil(num_data / world) / batch_size)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 
 import pyro
 import pytest
@@ -75,6 +76,7 @@ def test_registered_under_file_stem_and_rebuilt_from_config(name):
         (CapacityVAE, {"capacity_steps": 0}, "Expected capacity_steps to be an int >= 1, got 0"),
         (FactorVAE, {"gamma": 0}, "Expected gamma > 0, got 0"),
         (FactorVAE, {"discriminator_lr": -1e-4}, "Expected discriminator_lr > 0, got -0.0001"),
+        (FactorVAE, {"discriminator_betas": (0.5, 1.0)}, "Expected discriminator_betas as two numbers in [0, 1)"),
         (BetaTCVAE, {"beta": -1}, "Expected beta >= 0, got -1"),
         (BetaTCVAE, {"estimator": "iwae"}, "Expected estimator in ('mss', 'mws'), got 'iwae'"),
         (BetaTCVAE, {"num_data": 0}, "Expected num_data to be an int >= 1, got 0"),
@@ -83,7 +85,7 @@ def test_registered_under_file_stem_and_rebuilt_from_config(name):
     ],
 )
 def test_arguments_are_validated_at_construction(cls, options, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         cls(**SMALL, **options)
 
 
@@ -222,6 +224,14 @@ def test_factor_vae_discriminator_step_leaves_the_encoder_alone(digits):
     assert set(terms) == {"loss", "tc"} and not terms["tc"].requires_grad
     assert all(p.grad is None for p in model.encoder.parameters())
     assert all(p.grad is not None for p in model.discriminator.parameters())
+
+
+def test_fit_gives_the_discriminator_kim_and_mnih_adam(digits, tmp_path):
+    """The discriminator's Adam takes the model's learning rate and betas (0.5, 0.9 by default)."""
+    model = make("factor_vae", discriminator_lr=3e-4)
+    pyrovae.fit(model, digits[:128], epochs=1, batch_size=128, progress=False, out=tmp_path)
+    groups = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["aux_optimizer"]["param_groups"]
+    assert [(g["lr"], tuple(g["betas"])) for g in groups] == [(3e-4, (0.5, 0.9))]
 
 
 def test_factor_vae_resume_restores_the_discriminator_and_its_optimizer(digits, tmp_path):

@@ -58,7 +58,7 @@ class FactorVAE(VAE):
 
     The discriminator is trained by its own optimiser through ``fit``'s
     auxiliary-step hook (:meth:`auxiliary_parameters`, :meth:`auxiliary_loss`,
-    and :attr:`auxiliary_lr`): after each ELBO step it minimises the cross-entropy
+    :attr:`auxiliary_lr` and :attr:`auxiliary_betas`): after each ELBO step it minimises the cross-entropy
 
     .. math::
 
@@ -79,10 +79,12 @@ class FactorVAE(VAE):
     :param gamma: γ, the weight of the total-correlation penalty (> 0).
     :param discriminator_hidden: hidden widths of the discriminator MLP.
     :param discriminator_lr: the discriminator's Adam learning rate (> 0).
+    :param discriminator_betas: the discriminator's Adam ``(beta1, beta2)``, each in [0, 1).
     :param kwargs: everything :class:`~pyrovae.models.vae.VAE` takes.
 
     The defaults follow Kim and Mnih (a leaky-ReLU MLP of 6 layers of 1000
-    units, learning rate 1e-4); γ = 10 is the low end of the sweep
+    units, Adam with learning rate 1e-4 and betas (0.5, 0.9), as in their
+    appendix and in disentanglement_lib); γ = 10 is the low end of the sweep
     {10, 20, 30, 40, 50, 100} of Locatello et al.
 
     Example::
@@ -109,19 +111,26 @@ class FactorVAE(VAE):
         gamma: float = 10.0,
         discriminator_hidden: Sequence[int] = (1000,) * 6,
         discriminator_lr: float = 1e-4,
+        discriminator_betas: tuple[float, float] = (0.5, 0.9),
         **kwargs: Any,
     ) -> None:
         if not (isinstance(gamma, (int, float)) and gamma > 0):
             raise ValueError(f"Expected gamma > 0, got {gamma!r}")
         if not (isinstance(discriminator_lr, (int, float)) and discriminator_lr > 0):
             raise ValueError(f"Expected discriminator_lr > 0, got {discriminator_lr!r}")
+        betas = tuple(discriminator_betas)
+        if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+            raise ValueError(f"Expected discriminator_betas as two numbers in [0, 1), got {discriminator_betas!r}")
         super().__init__(*args, **kwargs)
         self.gamma = float(gamma)
         #: the learning rate ``fit`` gives the auxiliary (discriminator) optimiser
         self.auxiliary_lr = float(discriminator_lr)
+        #: the ``(beta1, beta2)`` ``fit`` gives the auxiliary (discriminator) Adam
+        self.auxiliary_betas = (float(betas[0]), float(betas[1]))
         self.discriminator = MLP(self.z_dim, {"logits": 1}, hidden=tuple(discriminator_hidden), activation="leaky_relu")
         self.config.update(
-            gamma=float(gamma), discriminator_hidden=list(discriminator_hidden), discriminator_lr=float(discriminator_lr)
+            gamma=float(gamma), discriminator_hidden=list(discriminator_hidden), discriminator_lr=float(discriminator_lr),
+            discriminator_betas=list(self.auxiliary_betas),
         )
 
     # ------------------------------------------------------------ discriminator
