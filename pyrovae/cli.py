@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pyrovae.compare import DEFAULT_OBJECTIVES, compare_estimators
@@ -64,8 +64,13 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--objective", default="elbo", choices=sorted(OBJECTIVES))
     train.add_argument("--num-particles", type=int, default=None, help="samples per point (iwae's K)")
     train.add_argument("--alpha", type=float, default=None, help="Rényi order (objective renyi)")
-    train.add_argument("--beta", type=float, default=None, help="KL weight β used in training")
+    train.add_argument("--beta", type=float, default=None,
+                       help="fit's KL weight on every latent site in training (the model's own constructor "
+                            "arguments, e.g. beta_tcvae's beta or factor_vae's gamma, are set with -o)")
     train.add_argument("--z-dim", type=int, default=None)
+    train.add_argument("-o", "--model-option", action="append", default=[], metavar="KEY=VALUE", type=_key_value,
+                       help="a constructor argument of the model, e.g. -o gamma=40 -o capacity_steps=2000 "
+                            "(VALUE read as JSON, else as text); repeatable")
     train.add_argument("--likelihood", default=None, help="observation family (default: from the data's support)")
     train.add_argument("--epochs", type=int, default=20)
     train.add_argument("--batch-size", type=int, default=128)
@@ -107,18 +112,36 @@ def _parser() -> argparse.ArgumentParser:
 
     sweep_ = sub.add_parser("sweep", help="one run per β and the reconstruction/disentanglement trade-off figure")
     sweep_.add_argument("--model", default="beta_vae", choices=sorted(MODELS))
-    sweep_.add_argument("--beta", type=float, nargs="+", required=True)
+    sweep_.add_argument("--beta", "--values", dest="values", type=float, nargs="+", required=True,
+                        help="values of the model's trade-off weight: β (beta_vae, beta_tcvae), γ (factor_vae), "
+                             "C_max (capacity_vae), λ_od (dip_vae), the KL weight (vae); see --parameter")
+    sweep_.add_argument("--parameter", default=None,
+                        help="the constructor argument to vary instead (kl_weight: fit's KL weight)")
+    sweep_.add_argument("-o", "--model-option", action="append", default=[], metavar="KEY=VALUE", type=_key_value,
+                        help="a constructor argument every run shares (as for train); repeatable")
     sweep_.add_argument("--dataset", default="sprites", choices=sorted(DATASETS))
     sweep_.add_argument("--num-train", type=int, default=None)
     sweep_.add_argument("--z-dim", type=int, default=10)
     sweep_.add_argument("--epochs", type=int, default=10)
     sweep_.add_argument("--batch-size", type=int, default=64)
     sweep_.add_argument("--seed", type=int, default=0)
-    sweep_.add_argument("--metrics", nargs="*", default=["mig", "dci", "sap", "factor_vae_score", "beta_vae_score"])
+    sweep_.add_argument("--metrics", nargs="*", default=["all"], metavar="NAME",
+                        help=f"all (the default) or some of {', '.join(METRICS)}")
     sweep_.add_argument("--metric-points", type=int, default=None)
     sweep_.add_argument("--out", default="runs/sweep")
     sweep_.add_argument("--no-progress", action="store_true")
     return parser
+
+
+def _key_value(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` -> ``(KEY, VALUE)``, the value read as JSON when it parses (numbers, lists, true/false)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE with KEY an argument name, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def _metric_options(points: int | None) -> dict:
@@ -138,7 +161,7 @@ def _dataset_options(args: argparse.Namespace) -> dict:
 
 
 def _train_config(args: argparse.Namespace) -> RunConfig:
-    model_options = {}
+    model_options = dict(args.model_option)
     if args.z_dim is not None:
         model_options["z_dim"] = args.z_dim
     if args.likelihood is not None:
@@ -169,6 +192,63 @@ def _report(numbers: dict, out: Path) -> None:
     print(f"pictures: {', '.join(str(Path(p)) for p in numbers['pictures'].values())}")
 
 
+def _demo(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    print(f"pyrovae demo: β-VAE (β = {DEMO.model_options['beta']}) on {DEMO.dataset}, writing to {out}")
+    _report(run(DEMO, out, epochs=args.epochs), out)
+
+
+def _train(args: argparse.Namespace) -> None:
+    if args.resume:
+        out = Path(args.resume)
+        numbers = run(None, out, resume=True, progress=not args.no_progress)
+    else:
+        config = _train_config(args)
+        out = Path(args.out or f"runs/{config.model}-{config.dataset}")
+        numbers = run(config, out, progress=not args.no_progress)
+    _report(numbers, out)
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    metrics = list(METRICS) if "all" in args.metrics else args.metrics
+    numbers = evaluate_run(args.run_dir, num_samples=args.num_samples, num_points=args.num_points,
+                           metrics=metrics, metric_options=_metric_options(args.metric_points))
+    print(f"evaluation of {args.run_dir} (true model, β = 1; K = {args.num_samples}):")
+    _print_table(numbers)
+    print(f"written to {Path(args.run_dir) / 'evaluation.json'}")
+
+
+def _compare_estimators(args: argparse.Namespace) -> None:
+    data = load(args.dataset, "train", **_dataset_options(args))
+    model = make_model(args.model, x_shape=data.shape, likelihood=data.likelihood)
+    if args.epochs:
+        fit(model, data, epochs=args.epochs, seed=args.seed, device="cpu", progress=False)
+    compare_estimators(model, data, args.objectives, num_repeats=args.num_repeats,
+                       batch_size=args.batch_size, seed=args.seed, verbose=True)
+
+
+def _sweep(args: argparse.Namespace) -> None:
+    dataset_options = {} if args.num_train is None else {"num_train": args.num_train}
+    config = RunConfig(model=args.model, model_options={"z_dim": args.z_dim, **dict(args.model_option)},
+                       dataset=args.dataset, dataset_options=dataset_options, epochs=args.epochs,
+                       batch_size=args.batch_size, seed=args.seed)
+    rows = sweep(config, args.values, args.out, parameter=args.parameter, metrics=args.metrics,
+                 metric_options=_metric_options(args.metric_points), progress=not args.no_progress)
+    for row in rows:
+        print(", ".join(f"{k}={v:.3f}" for k, v in row.items()))
+    print(f"trade-off figure: {Path(args.out) / 'tradeoff.png'}; numbers: {Path(args.out) / 'sweep.json'}")
+
+
+#: sub-command -> its handler
+COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "demo": _demo,
+    "train": _train,
+    "evaluate": _evaluate,
+    "compare-estimators": _compare_estimators,
+    "sweep": _sweep,
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -176,44 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        if args.command == "demo":
-            out = Path(args.out)
-            print(f"pyrovae demo: β-VAE (β = {DEMO.model_options['beta']}) on {DEMO.dataset}, writing to {out}")
-            numbers = run(DEMO, out, epochs=args.epochs)
-            _report(numbers, out)
-        elif args.command == "train":
-            if args.resume:
-                out = Path(args.resume)
-                numbers = run(None, out, resume=True, progress=not args.no_progress)
-            else:
-                config = _train_config(args)
-                out = Path(args.out or f"runs/{config.model}-{config.dataset}")
-                numbers = run(config, out, progress=not args.no_progress)
-            _report(numbers, out)
-        elif args.command == "evaluate":
-            metrics = list(METRICS) if "all" in args.metrics else args.metrics
-            numbers = evaluate_run(args.run_dir, num_samples=args.num_samples, num_points=args.num_points,
-                                   metrics=metrics, metric_options=_metric_options(args.metric_points))
-            print(f"evaluation of {args.run_dir} (true model, β = 1; K = {args.num_samples}):")
-            _print_table(numbers)
-            print(f"written to {Path(args.run_dir) / 'evaluation.json'}")
-        elif args.command == "compare-estimators":
-            data = load(args.dataset, "train", **_dataset_options(args))
-            model = make_model(args.model, x_shape=data.shape, likelihood=data.likelihood)
-            if args.epochs:
-                fit(model, data, epochs=args.epochs, seed=args.seed, device="cpu", progress=False)
-            compare_estimators(model, data, args.objectives, num_repeats=args.num_repeats,
-                               batch_size=args.batch_size, seed=args.seed, verbose=True)
-        elif args.command == "sweep":
-            dataset_options = {} if args.num_train is None else {"num_train": args.num_train}
-            config = RunConfig(model=args.model, model_options={"z_dim": args.z_dim}, dataset=args.dataset,
-                               dataset_options=dataset_options, epochs=args.epochs, batch_size=args.batch_size,
-                               seed=args.seed)
-            rows = sweep(config, args.beta, args.out, metrics=args.metrics,
-                         metric_options=_metric_options(args.metric_points), progress=not args.no_progress)
-            for row in rows:
-                print(", ".join(f"{k}={v:.3f}" for k, v in row.items()))
-            print(f"trade-off figure: {Path(args.out) / 'tradeoff.png'}; numbers: {Path(args.out) / 'sweep.json'}")
+        COMMANDS[args.command](args)
     except (ValueError, TypeError, FileNotFoundError, TrainingDiverged, json.JSONDecodeError) as e:
         print(f"pyrovae: error: {e}", file=sys.stderr)
         return 2

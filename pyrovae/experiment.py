@@ -16,6 +16,7 @@ A run folder holds::
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import os
 from collections.abc import Sequence
@@ -214,34 +215,63 @@ def _representation(model: Any):
 
 def sweep(
     config: RunConfig,
-    betas: Sequence[float],
+    values: Sequence[float],
     out: str | os.PathLike,
     *,
-    metrics: Sequence[str] = ("mig", "dci", "sap", "factor_vae_score", "beta_vae_score"),
+    parameter: str | None = None,
+    metrics: Sequence[str] = ("all",),
     metric_options: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Train one run per β (the training KL weight) and draw reconstruction error
-    against each disentanglement metric: the β trade-off (Higgins et al. 2017).
+    """Train one run per value of the model's trade-off weight and draw reconstruction
+    error against each disentanglement metric: the β trade-off (Higgins et al. 2017).
 
-    Writes ``out/beta_<β>/`` run folders, ``out/sweep.json`` and ``out/tradeoff.png``.
+    The weight is the model's :attr:`~pyrovae.models.vae.VAE.tradeoff_parameter`
+    (β of ``beta_vae`` and ``beta_tcvae``, γ of ``factor_vae``, C_max of
+    ``capacity_vae``, λ_od of ``dip_vae``; for ``vae``, ``fit``'s ``kl_weight``),
+    or the constructor argument named by ``parameter`` (``"kl_weight"`` selects
+    the training KL weight of any model).
+
+    :param config: the run every value shares (its own value of the parameter is replaced).
+    :param values: the values to train with (each > 0).
+    :param out: the sweep folder.
+    :param parameter: the constructor argument to vary (default: the model's own).
+    :param metrics: metric names of :data:`pyrovae.metrics.METRICS`, or ``("all",)``.
+    :param metric_options: options for :func:`pyrovae.metrics.evaluate_metrics`.
+    :returns: one row per value: ``{parameter: value, "reconstruction_error", "test_elbo", scores...}``,
+        also written to ``out/sweep.json``; the figure is ``out/tradeoff.png``.
     """
     out = Path(out)
-    for beta in betas:
-        if not beta > 0:
-            raise ValueError(f"Expected every beta > 0, got {beta!r}")
+    cls = MODELS[config.model]
+    parameter = parameter or cls.tradeoff_parameter or "kl_weight"
+    accepted = ["kl_weight"] + [
+        name
+        for klass in cls.__mro__
+        if "__init__" in vars(klass) and klass is not object
+        for name, p in inspect.signature(klass.__init__).parameters.items()
+        if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+    if parameter not in accepted:
+        raise ValueError(f"Expected parameter to be one of {config.model}'s arguments {accepted}, got {parameter!r}")
+    for value in values:
+        if not (isinstance(value, (int, float)) and value > 0):
+            raise ValueError(f"Expected every value of {parameter} > 0, got {value!r}")
     test = load(config.dataset, "test", **config.dataset_options)
     rows = []
-    for beta in betas:
-        run_dir = out / f"beta_{beta:g}"
-        run(dataclasses.replace(config, kl_weight=float(beta)), run_dir, progress=progress)
+    for value in values:
+        run_dir = out / f"{parameter}_{value:g}"
+        if parameter == "kl_weight":
+            run_config = dataclasses.replace(config, kl_weight=float(value))
+        else:
+            run_config = dataclasses.replace(config, model_options={**config.model_options, parameter: value})
+        run(run_config, run_dir, progress=progress)
         _, model = load_run(run_dir)
-        row = {"beta": float(beta), "reconstruction_error": reconstruction_error(model, test.x),
+        row = {parameter: float(value), "reconstruction_error": reconstruction_error(model, test.x),
                "test_elbo": evaluate_elbo(model, test.x, seed=config.seed)}
         factors = test.info.get("factors")
         if factors is not None and metrics:
             row.update(evaluate_metrics(_representation(model), factors, names=tuple(metrics), **(metric_options or {})))
         rows.append(row)
     (out / "sweep.json").write_text(json.dumps(rows, indent=1))
-    plots.tradeoff_plot(rows, out / "tradeoff.png")
+    plots.tradeoff_plot(rows, out / "tradeoff.png", parameter=parameter)
     return rows

@@ -65,7 +65,14 @@ def _decode_mean(vae: Any, z: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def reconstruction_grid(vae: Any, x: torch.Tensor, path: str | os.PathLike, *, num: int = 16) -> Path:
-    """Pairs of rows: data points, then the mean of p(x | z) at their posterior means."""
+    """Pairs of rows: data points, then the mean of p(x | z) at their posterior means.
+
+    :param vae: the model (see the module's interface).
+    :param x: data points; the first ``num`` are drawn, 8 to a row.
+    :param path: the PNG file to write (its folder is created).
+    :param num: how many data points to draw.
+    :returns: ``path``.
+    """
     x = x[:num].to(_device(vae))
     recon = _decode_mean(vae, vae.posterior(x).mean)
     rows = []
@@ -77,7 +84,14 @@ def reconstruction_grid(vae: Any, x: torch.Tensor, path: str | os.PathLike, *, n
 
 @torch.no_grad()
 def samples_grid(vae: Any, path: str | os.PathLike, *, num: int = 64, seed: int = 0) -> Path:
-    """Means of p(x | z) for ``num`` draws of z from the prior (fixed seed)."""
+    """Means of p(x | z) for ``num`` draws of z from the prior (fixed seed).
+
+    :param vae: the model (see the module's interface).
+    :param path: the PNG file to write (its folder is created).
+    :param num: how many draws (a square grid of about ``sqrt(num)`` columns).
+    :param seed: seeds the draws (the global RNG is left untouched).
+    :returns: ``path``.
+    """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         z = vae.prior().sample((num,))
@@ -86,7 +100,13 @@ def samples_grid(vae: Any, path: str | os.PathLike, *, num: int = 64, seed: int 
 
 @torch.no_grad()
 def kl_per_dimension(vae: Any, x: torch.Tensor, *, batch_size: int = 1000) -> torch.Tensor:
-    """Average KL(q(z_j | x) || p(z_j)) for each latent dimension j, in nats (diagonal Normal q and p)."""
+    """Average KL(q(z_j | x) || p(z_j)) for each latent dimension j, in nats (diagonal Normal q and p).
+
+    :param vae: the model (see the module's interface).
+    :param x: the data points to average over.
+    :param batch_size: points per encoder call.
+    :returns: ``(z_dim,)`` on the CPU.
+    """
     from torch.distributions import kl_divergence
 
     total = torch.zeros(vae.z_dim)
@@ -107,16 +127,36 @@ def traversal_grid(
     num_seeds: int = 3,
     num_values: int = 9,
     limit: float = 3.0,
+    relative: bool = False,
     dims: Sequence[int] | None = None,
     order_by_kl: torch.Tensor | None = None,
 ) -> Path:
-    """Latent traversals: one row per latent dimension, columns sweep that
-    dimension over ``[-limit, limit]`` around a data point's posterior mean.
+    """Latent traversals: one row per latent dimension, ``num_values`` columns.
 
-    Rows are ordered by decreasing KL (pass ``order_by_kl``, e.g. from
-    :func:`kl_per_dimension`, or it is computed on ``x``); one block of rows
-    per seed image (``num_seeds`` images from ``x``).
+    Each row starts from a seed image's posterior mean and changes one latent
+    dimension only, to ``num_values`` evenly spaced values in ``[-limit, limit]``
+    (in prior standard deviations, Higgins et al.'s convention), or, with
+    ``relative=True``, to the posterior mean plus those offsets.  Rows are
+    ordered by decreasing KL; one block of ``len(dims)`` rows per seed image.
+    The image is a grid of ``num_seeds · len(dims)`` rows by ``num_values`` columns.
+
+    :param vae: the model (see the module's interface).
+    :param x: data points; the first ``num_seeds`` are the seed images.
+    :param path: the PNG file to write.
+    :param num_seeds: seed images (>= 1).
+    :param num_values: columns per row (>= 2).
+    :param limit: the traversal's half-width, in prior standard deviations (> 0).
+    :param relative: traverse around the posterior mean instead of around 0.
+    :param dims: the latent dimensions to draw, in row order (default: all, by decreasing KL).
+    :param order_by_kl: KL per dimension used to order the rows (default: :func:`kl_per_dimension` on ``x``).
+    :returns: ``path``.
     """
+    if not (isinstance(num_seeds, int) and 1 <= num_seeds <= len(x)):
+        raise ValueError(f"Expected num_seeds an int in [1, len(x) = {len(x)}], got {num_seeds!r}")
+    if not (isinstance(num_values, int) and num_values >= 2):
+        raise ValueError(f"Expected num_values an int >= 2, got {num_values!r}")
+    if not limit > 0:
+        raise ValueError(f"Expected limit > 0, got {limit!r}")
     if dims is None:
         kl = order_by_kl if order_by_kl is not None else kl_per_dimension(vae, x)
         dims = torch.argsort(kl, descending=True).tolist()
@@ -126,13 +166,18 @@ def traversal_grid(
         base = vae.posterior(seed_x.unsqueeze(0)).mean[0]
         z = base.repeat(len(dims), num_values, 1)
         for row, d in enumerate(dims):
-            z[row, :, d] = values.to(z)
+            z[row, :, d] = values.to(z) + (base[d] if relative else 0.0)
         blocks.append(as_images(_decode_mean(vae, z.reshape(-1, vae.z_dim)), vae.x_shape))
     return _save(torch.cat(blocks), path, nrow=num_values)
 
 
 def kl_bar_chart(kl: torch.Tensor, path: str | os.PathLike) -> Path:
-    """Bar chart of KL per latent dimension (nats)."""
+    """Bar chart of KL per latent dimension (nats).
+
+    :param kl: ``(z_dim,)`` KL per dimension, e.g. from :func:`kl_per_dimension`.
+    :param path: the PNG file to write (its folder is created).
+    :returns: ``path``.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -145,13 +190,19 @@ def kl_bar_chart(kl: torch.Tensor, path: str | os.PathLike) -> Path:
     ax.set_xticks(range(len(kl)))
     fig.tight_layout()
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
 
 def history_plot(history: Sequence[Mapping[str, float]], path: str | os.PathLike) -> Path:
-    """Training loss and held-out ELBO per epoch."""
+    """Training loss and held-out ELBO per epoch.
+
+    :param history: ``fit``'s per-epoch rows (``epoch``, ``train_loss``, optionally ``valid_elbo``).
+    :param path: the PNG file to write (its folder is created).
+    :returns: ``path``.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -167,6 +218,7 @@ def history_plot(history: Sequence[Mapping[str, float]], path: str | os.PathLike
     ax.legend()
     fig.tight_layout()
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
@@ -178,14 +230,22 @@ def _device(vae: Any) -> torch.device:
     return torch.device("cpu")
 
 
-def tradeoff_plot(rows: Sequence[Mapping[str, float]], path: str | os.PathLike) -> Path:
-    """The β trade-off: reconstruction error (x) against each disentanglement score (y), one panel each."""
+def tradeoff_plot(rows: Sequence[Mapping[str, float]], path: str | os.PathLike, *, parameter: str = "beta") -> Path:
+    """The β trade-off: reconstruction error (x) against each disentanglement score (y), one panel each.
+
+    :param rows: one mapping per run with ``reconstruction_error``, the swept ``parameter``
+        and the scores to draw (e.g. :func:`pyrovae.experiment.sweep`'s rows).
+    :param path: the PNG file to write (its folder is created).
+    :param parameter: the key of the swept value in each row (each point is labelled with it).
+    :returns: ``path``.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    skip = {"beta", "reconstruction_error", "test_elbo"}
+    skip = {parameter, "reconstruction_error", "test_elbo"}
+    label = {"beta": "β", "gamma": "γ", "alpha": "α", "lambda_od": "λ_od"}.get(parameter, parameter)
     scores = [k for k in rows[0] if k not in skip and not k.endswith("_train") and not k.endswith("_dims")] if rows else []
     panels = scores or ["test_elbo"]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3), squeeze=False)
@@ -194,7 +254,7 @@ def tradeoff_plot(rows: Sequence[Mapping[str, float]], path: str | os.PathLike) 
         ys = [row[key] for row in rows]
         ax.plot(xs, ys, "o-")
         for row, x, y in zip(rows, xs, ys):
-            ax.annotate(f"β={row['beta']:g}", (x, y), fontsize=7, textcoords="offset points", xytext=(3, 3))
+            ax.annotate(f"{label}={row[parameter]:g}", (x, y), fontsize=7, textcoords="offset points", xytext=(3, 3))
         ax.set_xlabel("reconstruction error [nats]")
         ax.set_ylabel(key)
     fig.tight_layout()

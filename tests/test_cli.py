@@ -95,6 +95,57 @@ def test_evaluate_prints_the_likelihood_table(tmp_path, capsys):
     assert "ground-truth factors" in capsys.readouterr().err
 
 
+@pytest.mark.filterwarnings("ignore:The number of unique classes:UserWarning")  # 60 points: expected
+def test_evaluate_metrics_all_on_sprites_prints_and_writes_every_metric(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "sprites", "--num-train", "128", "--z-dim", "3", "--epochs", "1",
+                 "--batch-size", "64", "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--num-samples", "10", "--num-points", "16", "--metrics", "all",
+                 "--metric-points", "60"]) == 0
+    printed = capsys.readouterr().out
+    keys = ("mig", "dci_disentanglement", "dci_completeness", "dci_informativeness", "sap", "beta_vae_score",
+            "factor_vae_score", "modularity", "explicitness", "log_px", "reconstruction_error")
+    numbers = json.loads((out / "evaluation.json").read_text())
+    for key in keys:
+        assert key in printed and key in numbers, key
+    for key in keys[:-2]:  # scores are in [0, 1]
+        assert 0.0 <= numbers[key] <= 1.0, (key, numbers[key])
+
+
+def test_model_options_reach_the_constructor(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--model", "capacity_vae", "-o", "capacity_steps=10", "-o", "gamma=50",
+                 "--model-option", "hidden=[16]", "--dataset", "digits", "--binarize", "--z-dim", "2",
+                 "--epochs", "1", "--batch-size", "512", "--out", str(out), "--no-progress"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_options"] == {"capacity_steps": 10, "gamma": 50, "hidden": [16], "z_dim": 2}
+    model = torch.load(out / "checkpoint.pt", weights_only=True)["model"]["config"]
+    assert (model["capacity_steps"], model["gamma"], model["hidden"]) == (10, 50.0, [16])
+    capsys.readouterr()
+    assert main(["train", "-o", "gama=5", "--out", str(tmp_path / "bad"), "--no-progress"]) == 2
+    assert "gama" in capsys.readouterr().err
+
+
+def test_sweep_varies_each_models_own_weight(tmp_path, capsys):
+    """factor_vae sweeps γ (the TC weight), not fit's KL weight; --parameter names another argument."""
+    common = ["--dataset", "sprites", "--num-train", "64", "--epochs", "1", "--z-dim", "2", "--batch-size", "64",
+              "-o", "discriminator_hidden=[8]", "--metrics", "mig", "--metric-points", "50", "--no-progress"]
+    out = tmp_path / "gamma"
+    assert main(["sweep", "--model", "factor_vae", "--values", "5", "--out", str(out)] + common) == 0
+    rows = json.loads((out / "sweep.json").read_text())
+    assert [row["gamma"] for row in rows] == [5.0] and "mig" in rows[0]
+    run = json.loads((out / "gamma_5" / "config.json").read_text())
+    assert run["model_options"]["gamma"] == 5.0 and run["kl_weight"] is None
+    out = tmp_path / "kl"
+    assert main(["sweep", "--model", "factor_vae", "--beta", "2", "--parameter", "kl_weight", "--out", str(out)] + common) == 0
+    run = json.loads((out / "kl_weight_2" / "config.json").read_text())
+    assert run["kl_weight"] == 2.0 and "gamma" not in run["model_options"]
+    capsys.readouterr()
+    assert main(["sweep", "--model", "factor_vae", "--beta", "2", "--parameter", "gama", "--out", str(out)] + common) == 2
+    assert "Expected parameter to be one of factor_vae's arguments" in capsys.readouterr().err
+
+
 def test_compare_estimators_and_sweep_commands(tmp_path, capsys):
     assert main(["compare-estimators", "--epochs", "0", "--num-repeats", "3", "--batch-size", "16",
                  "--objectives", "elbo", "stl"]) == 0

@@ -5,6 +5,7 @@ Every tolerance states the standard error (or rounding error) it is built from.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 import re
@@ -66,6 +67,31 @@ def test_registered_under_file_stem_and_rebuilt_from_config(name):
     assert rebuilt.config == model.config
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
     assert rebuilt.training_kwargs(7) == model.training_kwargs(7)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_tradeoff_parameter_is_a_constructor_argument_that_reaches_training(name):
+    """What ``pyrovae sweep`` varies is an argument of the class that changes the training objective."""
+    cls = MODELS[name]
+    parameter = cls.tradeoff_parameter
+    if parameter is None:  # the sweep varies fit's kl_weight
+        assert cls is VAE
+        return
+    assert parameter in inspect.signature(cls.__init__).parameters
+    x = torch.rand(16, 1, 8, 8)
+    options = {"num_data": 16} if cls is BetaTCVAE else {}
+    losses = []
+    for value in (1.0, 3.0):
+        model = cls(**SMALL, **options, **{parameter: value})
+        torch.manual_seed(0)
+        reference = cls(**SMALL, **options, **{parameter: 1.0})
+        model.load_state_dict(reference.state_dict())
+        pyro.set_rng_seed(0)
+        # late in training (the capacity has reached C_max), with the KL weight fit would use
+        hook = getattr(model, "training_kwargs", lambda step: {})
+        kwargs = {**hook(10**6), "kl_weight": model.default_kl_weight}
+        losses.append(Trace_ELBO().loss(model.model, model.guide, x, **kwargs))
+    assert losses[0] != losses[1], f"{name}: {parameter} does not change the training loss"
 
 
 @pytest.mark.parametrize(

@@ -369,7 +369,7 @@ def test_metrics_run_on_sprites():
 
 
 def _sample(representation: Representation, data: GroundTruth, num: int) -> tuple[np.ndarray, np.ndarray]:
-    return sample_codes(representation, data, num, batch_size=128, rng=0)
+    return sample_codes(representation, data, num, images_per_call=128, rng=0)
 
 
 # ----------------------------------------------------------------------- determinism and options
@@ -378,8 +378,8 @@ def _sample(representation: Representation, data: GroundTruth, num: int) -> tupl
 def test_same_rng_same_scores_and_batching_does_not_change_them():
     # factors are drawn before the representation is called, so batching changes nothing
     data, rotation = IdentityObservations(), _rotation()
-    first = mig(rotation, data, num_train=300, batch_size=300, rng=5)
-    assert mig(rotation, data, num_train=300, batch_size=7, rng=5) == first
+    first = mig(rotation, data, num_train=300, images_per_call=300, rng=5)
+    assert mig(rotation, data, num_train=300, images_per_call=7, rng=5) == first
     assert mig(rotation, data, num_train=300, rng=torch.Generator().manual_seed(5)) == first
     a = beta_vae_score(rotation, data, num_train=60, num_test=30, points_per_call=16, rng=4)
     assert beta_vae_score(rotation, data, num_train=60, num_test=30, points_per_call=3, rng=4) == a
@@ -450,6 +450,35 @@ def test_metric_contract(name):
     assert own and all(isinstance(v, float) and math.isfinite(v) for v in own.values())
     # evaluate_metrics gives each metric what it accepts and a fresh seed: the same numbers as alone
     assert {key: tiny_scores()[key] for key in own} == own
+
+
+#: disentanglement_lib's defaults, which the issue asks to be the documented defaults
+DISENTANGLEMENT_LIB_DEFAULTS = {
+    "mig": {"num_train": 10_000, "num_bins": 20},
+    "dci": {"num_train": 10_000, "num_test": 5_000},
+    "beta_vae_score": {"num_train": 10_000, "num_test": 5_000, "batch_size": 64},
+    "factor_vae_score": {"num_train": 10_000, "num_test": 5_000, "num_variance_estimate": 10_000,
+                         "batch_size": 64, "prune_threshold": 0.05},
+    "sap": {"num_train": 10_000, "num_test": 5_000, "continuous_factors": False},
+    "modularity": {"num_train": 10_000, "num_test": 5_000, "num_bins": 20},
+}
+
+
+@pytest.mark.parametrize("name", sorted(METRICS))
+def test_defaults_are_disentanglement_libs(name):
+    parameters = inspect.signature(METRICS[name]).parameters
+    assert {key: parameters[key].default for key in DISENTANGLEMENT_LIB_DEFAULTS[name]} == DISENTANGLEMENT_LIB_DEFAULTS[name]
+    assert importlib.import_module("pyrovae.metrics.sap").SVM_C == 0.01
+
+
+def test_batch_size_means_the_score_groups_only():
+    """``batch_size`` reaches the BetaVAE and FactorVAE scores (their group size) and no other metric,
+    whose memory knob is ``images_per_call``: passing it to evaluate_metrics cannot change MIG."""
+    takes = {name for name, metric in METRICS.items() if "batch_size" in inspect.signature(metric).parameters}
+    assert takes == {"beta_vae_score", "factor_vae_score"}
+    options = dict(num_train=200, rng=1)
+    assert evaluate_metrics(_rotation_2d(), TINY_DATA, names=("mig",), batch_size=3, images_per_call=7, **options) == \
+        evaluate_metrics(_rotation_2d(), TINY_DATA, names=("mig",), **options)
 
 
 def test_metrics_never_import_models_or_training():

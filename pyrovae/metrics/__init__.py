@@ -103,8 +103,11 @@ def evaluate_metrics(
     """Evaluate the metrics ``names`` (``"all"`` for every entry of :data:`METRICS`) and merge their scores.
 
     Each option goes to every selected metric that accepts it (e.g.
-    ``num_train``, ``num_test``, ``batch_size``, ``rng``), so one set of
-    options serves any selection; an option that no metric in :data:`METRICS`
+    ``num_train``, ``num_test``, ``rng``), so one set of
+    options serves any selection.  Every option means one thing: ``batch_size``
+    is the size of the BetaVAE and FactorVAE scores' groups (64), and
+    ``images_per_call`` / ``points_per_call`` only set how much goes through the
+    representation at once (memory and speed, never the result); an option that no metric in :data:`METRICS`
     accepts (a misspelling) is an error.  An integer ``rng`` seeds each metric afresh, so a
     metric scores the same alone or among others; a :class:`torch.Generator`
     is shared, in the order of ``names``.

@@ -120,13 +120,13 @@ def represent(representation: Representation, images: torch.Tensor) -> np.ndarra
 
 
 def represent_factors(
-    representation: Representation, data: GroundTruth, factors: torch.Tensor, batch_size: int
+    representation: Representation, data: GroundTruth, factors: torch.Tensor, images_per_call: int
 ) -> np.ndarray:
-    """Codes ``(n, d)`` of the images of ``factors`` ``(n, K)``, ``batch_size`` images per call."""
-    check_count("batch_size", batch_size)
+    """Codes ``(n, d)`` of the images of ``factors`` ``(n, K)``, ``images_per_call`` images per call."""
+    check_count("images_per_call", images_per_call)
     chunks = [
-        represent(representation, data.images(factors[start : start + batch_size]))
-        for start in range(0, factors.shape[0], batch_size)
+        represent(representation, data.images(factors[start : start + images_per_call]))
+        for start in range(0, factors.shape[0], images_per_call)
     ]
     return np.concatenate(chunks, axis=0)
 
@@ -136,17 +136,17 @@ def sample_codes(
     data: GroundTruth,
     num_points: int,
     *,
-    batch_size: int = 256,
+    images_per_call: int = 256,
     rng: RNG = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``num_points`` factor draws and their codes: ``(codes (n, d) float64, factors (n, K) int64)``.
 
-    All factors are drawn first, so ``batch_size`` (images per call of the
+    All factors are drawn first, so ``images_per_call`` (images per call of the
     representation) changes memory and speed, never the result.
     """
     check_count("num_points", num_points)
     factors = data.sample_factors(int(num_points), as_generator(rng))
-    codes = represent_factors(representation, data, factors, batch_size)
+    codes = represent_factors(representation, data, factors, images_per_call)
     return codes, factors.cpu().numpy().astype(np.int64)
 
 

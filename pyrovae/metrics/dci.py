@@ -157,7 +157,7 @@ def dci(
     num_train: int = 10_000,
     num_test: int = 5_000,
     num_estimators: int = 100,
-    batch_size: int = 256,
+    images_per_call: int = 256,
     rng: RNG = 0,
 ) -> dict[str, float]:
     """DCI scores of ``representation`` on ``data`` (keys as :func:`dci_from_codes`).
@@ -168,7 +168,7 @@ def dci(
     :param num_test: test points for informativeness (disentanglement_lib: 5,000).
     :param num_estimators: boosting stages of each classifier (disentanglement_lib:
         scikit-learn's default, 100).
-    :param batch_size: images per call of ``representation`` (memory only; not the result).
+    :param images_per_call: images per call of ``representation`` (memory only; not the result).
     :param rng: seed or :class:`torch.Generator`.
 
     Example::
@@ -179,6 +179,6 @@ def dci(
     check_count("num_train", num_train)
     check_count("num_test", num_test)
     generator = as_generator(rng)
-    train = sample_codes(representation, data, num_train, batch_size=batch_size, rng=generator)
-    test = sample_codes(representation, data, num_test, batch_size=batch_size, rng=generator)
+    train = sample_codes(representation, data, num_train, images_per_call=images_per_call, rng=generator)
+    test = sample_codes(representation, data, num_test, images_per_call=images_per_call, rng=generator)
     return dci_from_codes(*train, *test, num_estimators=num_estimators, rng=generator)

@@ -138,7 +138,7 @@ def factor_vae_score(
     check_count("num_variance_estimate", num_variance_estimate, minimum=2)
     generator = as_generator(rng)
     codes, _ = sample_codes(
-        representation, data, num_variance_estimate, batch_size=batch_size * points_per_call, rng=generator
+        representation, data, num_variance_estimate, images_per_call=batch_size * points_per_call, rng=generator
     )
     global_variances = codes.var(axis=0, ddof=1)
     active = np.sqrt(global_variances) >= prune_threshold

@@ -81,7 +81,7 @@ def mig(
     *,
     num_train: int = 10_000,
     num_bins: int = 20,
-    batch_size: int = 256,
+    images_per_call: int = 256,
     rng: RNG = 0,
 ) -> dict[str, float]:
     """The mutual information gap of ``representation`` on ``data``: ``{"mig": ...}``.
@@ -90,7 +90,7 @@ def mig(
     :param data: any :class:`~pyrovae.metrics.base.GroundTruth`.
     :param num_train: points sampled (disentanglement_lib: 10,000).
     :param num_bins: histogram bins per code (disentanglement_lib: 20).
-    :param batch_size: images per call of ``representation`` (memory only; not the result).
+    :param images_per_call: images per call of ``representation`` (memory only; not the result).
     :param rng: seed or :class:`torch.Generator`.
 
     Example::
@@ -98,5 +98,5 @@ def mig(
         score = mig(lambda x: vae.posterior(x).mean, dsprites, rng=0)["mig"]
     """
     check_count("num_train", num_train)
-    codes, factors = sample_codes(representation, data, num_train, batch_size=batch_size, rng=rng)
+    codes, factors = sample_codes(representation, data, num_train, images_per_call=images_per_call, rng=rng)
     return mig_from_codes(codes, factors, num_bins=num_bins)

@@ -137,7 +137,7 @@ def modularity(
     num_train: int = 10_000,
     num_test: int = 5_000,
     num_bins: int = 20,
-    batch_size: int = 256,
+    images_per_call: int = 256,
     rng: RNG = 0,
 ) -> dict[str, float]:
     """Modularity and explicitness of ``representation`` on ``data`` (keys as :func:`modularity_from_codes`).
@@ -147,7 +147,7 @@ def modularity(
     :param num_train: training points (disentanglement_lib: 10,000).
     :param num_test: test points for explicitness (disentanglement_lib: 5,000).
     :param num_bins: histogram bins per code for the mutual information (disentanglement_lib: 20).
-    :param batch_size: images per call of ``representation`` (memory only; not the result).
+    :param images_per_call: images per call of ``representation`` (memory only; not the result).
     :param rng: seed or :class:`torch.Generator`.
 
     Example::
@@ -158,6 +158,6 @@ def modularity(
     check_count("num_train", num_train)
     check_count("num_test", num_test)
     generator = as_generator(rng)
-    train = sample_codes(representation, data, num_train, batch_size=batch_size, rng=generator)
-    test = sample_codes(representation, data, num_test, batch_size=batch_size, rng=generator)
+    train = sample_codes(representation, data, num_train, images_per_call=images_per_call, rng=generator)
+    test = sample_codes(representation, data, num_test, images_per_call=images_per_call, rng=generator)
     return modularity_from_codes(*train, *test, num_bins=num_bins, rng=generator)

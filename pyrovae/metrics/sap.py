@@ -40,7 +40,10 @@ from pyrovae.metrics.base import (
     sklearn_seed,
 )
 
-__all__ = ["sap", "sap_from_codes", "sap_score_matrix"]
+__all__ = ["sap", "sap_from_codes", "sap_score_matrix", "SVM_C"]
+
+#: the linear SVM's regularisation constant (disentanglement_lib's default)
+SVM_C: float = 0.01
 
 
 def sap_score_matrix(
@@ -65,7 +68,7 @@ def sap_score_matrix(
             else:
                 # dual=False: the primal problem is the natural one for a single feature and
                 # converges without iteration-limit warnings; the optimum is the same.
-                svm = LinearSVC(C=0.01, class_weight="balanced", dual=False, random_state=sklearn_seed(generator))
+                svm = LinearSVC(C=SVM_C, class_weight="balanced", dual=False, random_state=sklearn_seed(generator))
                 svm.fit(codes_train[:, j : j + 1], factors_train[:, k])
                 scores[j, k] = np.mean(svm.predict(codes_test[:, j : j + 1]) == factors_test[:, k])
     return scores
@@ -110,7 +113,7 @@ def sap(
     num_train: int = 10_000,
     num_test: int = 5_000,
     continuous_factors: bool = False,
-    batch_size: int = 256,
+    images_per_call: int = 256,
     rng: RNG = 0,
 ) -> dict[str, float]:
     """The SAP score of ``representation`` on ``data``: ``{"sap": ...}``.
@@ -121,7 +124,7 @@ def sap(
     :param num_test: test points of the SVMs (disentanglement_lib: 5,000).
     :param continuous_factors: score with :math:`R^2` instead of SVM accuracy
         (disentanglement_lib: ``False``).
-    :param batch_size: images per call of ``representation`` (memory only; not the result).
+    :param images_per_call: images per call of ``representation`` (memory only; not the result).
     :param rng: seed or :class:`torch.Generator`.
 
     Example::
@@ -131,6 +134,6 @@ def sap(
     check_count("num_train", num_train)
     check_count("num_test", num_test)
     generator = as_generator(rng)
-    train = sample_codes(representation, data, num_train, batch_size=batch_size, rng=generator)
-    test = sample_codes(representation, data, num_test, batch_size=batch_size, rng=generator)
+    train = sample_codes(representation, data, num_train, images_per_call=images_per_call, rng=generator)
+    test = sample_codes(representation, data, num_test, images_per_call=images_per_call, rng=generator)
     return sap_from_codes(*train, *test, continuous_factors=continuous_factors, rng=generator)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import pyro
 import torch
@@ -139,6 +139,9 @@ class BetaTCVAE(VAE):
       3. F. Locatello et al. Challenging Common Assumptions in the Unsupervised
          Learning of Disentangled Representations. arXiv:1811.12359.
     """
+
+    #: what ``pyrovae sweep`` varies
+    tradeoff_parameter: ClassVar[str | None] = "beta"
 
     def __init__(
         self,

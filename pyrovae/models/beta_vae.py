@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from pyrovae.models.vae import VAE
 
@@ -39,6 +39,9 @@ class BetaVAE(VAE):
          Constrained Variational Framework. ICLR 2017.
       2. C. P. Burgess et al. Understanding disentangling in β-VAE. arXiv:1804.03599.
     """
+
+    #: what ``pyrovae sweep`` varies
+    tradeoff_parameter: ClassVar[str | None] = "beta"
 
     def __init__(self, *args: Any, beta: float = 4.0, **kwargs: Any) -> None:
         if not (isinstance(beta, (int, float)) and beta > 0):

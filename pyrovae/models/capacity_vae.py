@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import pyro
 import torch
@@ -59,7 +59,8 @@ class CapacityVAE(VAE):
     :param kwargs: everything :class:`~pyrovae.models.vae.VAE` takes.
 
     The defaults are disentanglement_lib's (γ = 1000, :math:`C_{\max}` = 25 nats,
-    100,000 steps); scale ``capacity_steps`` down with the length of the run.
+    100,000 steps); scale ``capacity_steps`` down with the length of the run
+    (on the command line: ``pyrovae train --model capacity_vae -o capacity_steps=2000``).
 
     Example::
 
@@ -72,6 +73,9 @@ class CapacityVAE(VAE):
       2. F. Locatello et al. Challenging Common Assumptions in the Unsupervised
          Learning of Disentangled Representations. arXiv:1811.12359.
     """
+
+    #: what ``pyrovae sweep`` varies
+    tradeoff_parameter: ClassVar[str | None] = "capacity_max"
 
     def __init__(
         self,

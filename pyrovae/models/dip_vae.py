@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import pyro
 import torch
@@ -63,6 +63,9 @@ class DIPVAE(VAE):
       2. F. Locatello et al. Challenging Common Assumptions in the Unsupervised
          Learning of Disentangled Representations. arXiv:1811.12359.
     """
+
+    #: what ``pyrovae sweep`` varies
+    tradeoff_parameter: ClassVar[str | None] = "lambda_od"
 
     def __init__(
         self,

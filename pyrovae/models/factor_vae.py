@@ -105,6 +105,9 @@ class FactorVAE(VAE):
     #: submodules trained by the auxiliary step, registered with neither program
     auxiliary_modules: ClassVar[tuple[str, ...]] = ("discriminator",)
 
+    #: what ``pyrovae sweep`` varies
+    tradeoff_parameter: ClassVar[str | None] = "gamma"
+
     def __init__(
         self,
         *args: Any,

@@ -76,6 +76,9 @@ class VAE(nn.Module):
     reparameterized: ClassVar[bool] = True
     #: the KL weight ``fit`` trains with when none is given
     default_kl_weight: ClassVar[float] = 1.0
+    #: the constructor argument that sets the variant's trade-off between reconstruction and
+    #: disentanglement, the one ``pyrovae sweep`` varies (None: ``fit``'s ``kl_weight``)
+    tradeoff_parameter: ClassVar[str | None] = None
 
     def __init__(
         self,

@@ -1,0 +1,107 @@
+"""Pictures: each is a PNG of the promised layout, drawn (not blank), in a folder created on demand."""
+
+from __future__ import annotations
+
+import numpy
+import pytest
+import torch
+from PIL import Image
+
+from pyrovae import VAE, plots
+
+PAD = 2  # torchvision's save_image padding, as plots._save uses it
+
+
+def _grid_size(rows: int, cols: int, height: int = 8, width: int = 8) -> tuple[int, int]:
+    """(width, height) in pixels of a save_image grid of rows x cols tiles."""
+    return cols * (width + PAD) + PAD, rows * (height + PAD) + PAD
+
+
+def _pixels(path) -> torch.Tensor:
+    with Image.open(path) as image:
+        return torch.tensor(numpy.array(image.convert("L")), dtype=torch.float32)  # (height, width)
+
+
+def _drawn(path) -> bool:
+    with Image.open(path) as image:
+        low, high = image.convert("L").getextrema()
+    return low < high
+
+
+@pytest.fixture
+def vae() -> VAE:
+    torch.manual_seed(0)
+    return VAE(x_shape=(1, 8, 8), z_dim=3, hidden=(16,)).eval()
+
+
+@pytest.fixture
+def x() -> torch.Tensor:
+    return torch.rand(20, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+
+
+def test_traversal_grid_has_one_row_per_dimension_and_seed(vae, x, tmp_path):
+    path = plots.traversal_grid(vae, x, tmp_path / "deep" / "traversals.png", num_seeds=2, num_values=7)
+    with Image.open(path) as image:
+        assert image.size == _grid_size(rows=2 * vae.z_dim, cols=7)
+    assert _drawn(path)
+
+
+def test_traversal_rows_follow_decreasing_kl(vae, x, tmp_path):
+    """Ordering by a KL vector draws the same picture as naming the dimensions in that order."""
+    by_kl = plots.traversal_grid(vae, x, tmp_path / "by_kl.png", order_by_kl=torch.tensor([0.1, 5.0, 1.0]))
+    named = plots.traversal_grid(vae, x, tmp_path / "named.png", dims=[1, 2, 0])
+    other = plots.traversal_grid(vae, x, tmp_path / "other.png", dims=[0, 1, 2])
+    assert torch.equal(_pixels(by_kl), _pixels(named))
+    assert not torch.equal(_pixels(by_kl), _pixels(other))
+
+
+def test_traversal_sets_the_dimension_to_the_values_or_offsets_them(vae, x, tmp_path, monkeypatch):
+    """Absolute values by default (the other dimensions at the posterior mean); offsets with relative=True."""
+    seen = []
+    monkeypatch.setattr(plots, "_decode_mean", lambda model, z: (seen.append(z.clone()), torch.zeros(len(z), 64))[1])
+    plots.traversal_grid(vae, x, tmp_path / "a.png", num_seeds=1, num_values=3, limit=2.0, dims=[1])
+    plots.traversal_grid(vae, x, tmp_path / "r.png", num_seeds=1, num_values=3, limit=2.0, dims=[1], relative=True)
+    mean = vae.posterior(x[:1]).mean[0]
+    absolute, relative = seen
+    torch.testing.assert_close(absolute[:, 1], torch.tensor([-2.0, 0.0, 2.0]))
+    torch.testing.assert_close(relative[:, 1], mean[1] + torch.tensor([-2.0, 0.0, 2.0]))
+    for z in (absolute, relative):  # the other dimensions stay at the posterior mean
+        torch.testing.assert_close(z[:, [0, 2]], mean[[0, 2]].expand(3, 2))
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [({"num_seeds": 0}, "num_seeds"), ({"num_values": 1}, "num_values"), ({"limit": 0.0}, "limit > 0")],
+)
+def test_traversal_refuses_bad_arguments(vae, x, tmp_path, options, message):
+    with pytest.raises(ValueError, match=message):
+        plots.traversal_grid(vae, x, tmp_path / "t.png", **options)
+
+
+def test_reconstruction_and_sample_grids(vae, x, tmp_path):
+    recon = plots.reconstruction_grid(vae, x, tmp_path / "a" / "reconstructions.png", num=16)
+    samples = plots.samples_grid(vae, tmp_path / "b" / "samples.png", num=9)
+    with Image.open(recon) as image:
+        assert image.size == _grid_size(rows=4, cols=8)  # data row, reconstruction row, twice
+    with Image.open(samples) as image:
+        assert image.size == _grid_size(rows=3, cols=3)
+    assert _drawn(recon) and _drawn(samples)
+    # the top-left tile is the first data point itself
+    top_left = _pixels(recon)[PAD : PAD + 8, PAD : PAD + 8] / 255
+    assert (top_left - x[0, 0]).abs().max() <= 1 / 255 + 1e-6
+
+
+def test_charts_create_their_folder_and_are_drawn(vae, x, tmp_path):
+    kl = plots.kl_per_dimension(vae, x)
+    assert kl.shape == (vae.z_dim,) and (kl >= 0).all()
+    history = [{"epoch": 1, "train_loss": 50.0, "valid_elbo": -49.0}, {"epoch": 2, "train_loss": 40.0, "valid_elbo": -41.0}]
+    rows = [{"gamma": g, "reconstruction_error": 10.0 + g, "test_elbo": -20.0, "mig": 0.1 * g} for g in (1.0, 2.0)]
+    paths = [
+        plots.kl_bar_chart(kl, tmp_path / "new" / "kl.png"),
+        plots.history_plot(history, tmp_path / "new2" / "history.png"),
+        plots.tradeoff_plot(rows, tmp_path / "new3" / "tradeoff.png", parameter="gamma"),
+    ]
+    for path in paths:
+        with Image.open(path) as image:
+            assert min(image.size) >= 100
+        assert _drawn(path)
