@@ -11,6 +11,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from pyrovae.compare import DEFAULT_OBJECTIVES, compare_estimators
 from pyrovae.datasets import DATASETS, load
@@ -110,18 +111,22 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--epochs", type=int, default=5, help="train first (untrained gradients say little)")
     compare.add_argument("--seed", type=int, default=0)
 
-    sweep_ = sub.add_parser("sweep", help="one run per β and the reconstruction/disentanglement trade-off figure")
+    sweep_ = sub.add_parser("sweep", help="one run per value of a model's trade-off weight (β, γ, ...) and the "
+                                          "reconstruction/disentanglement trade-off figure")
     sweep_.add_argument("--model", default="beta_vae", choices=sorted(MODELS))
-    sweep_.add_argument("--beta", "--values", dest="values", type=float, nargs="+", required=True,
+    values = sweep_.add_mutually_exclusive_group(required=True)
+    values.add_argument("--values", type=_number, nargs="+",
                         help="values of the model's trade-off weight: β (beta_vae, beta_tcvae), γ (factor_vae), "
                              "C_max (capacity_vae), λ_od (dip_vae), the KL weight (vae); see --parameter")
+    values.add_argument("--beta", type=_number, nargs="+",
+                        help="the same, for models whose trade-off weight is β (or with --parameter kl_weight)")
     sweep_.add_argument("--parameter", default=None,
                         help="the constructor argument to vary instead (kl_weight: fit's KL weight)")
     sweep_.add_argument("-o", "--model-option", action="append", default=[], metavar="KEY=VALUE", type=_key_value,
                         help="a constructor argument every run shares (as for train); repeatable")
     sweep_.add_argument("--dataset", default="sprites", choices=sorted(DATASETS))
     sweep_.add_argument("--num-train", type=int, default=None)
-    sweep_.add_argument("--z-dim", type=int, default=10)
+    sweep_.add_argument("--z-dim", type=int, default=None, help="latent dimensions (default: 10)")
     sweep_.add_argument("--epochs", type=int, default=10)
     sweep_.add_argument("--batch-size", type=int, default=64)
     sweep_.add_argument("--seed", type=int, default=0)
@@ -144,6 +149,17 @@ def _key_value(text: str) -> tuple[str, object]:
         return key, value
 
 
+def _number(text: str) -> int | float:
+    """An int where the text is one (``5``), else a float (``0.5``, ``1e3``)."""
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
 def _metric_options(points: int | None) -> dict:
     return {} if points is None else {"num_train": points, "num_test": max(points // 2, 1)}
 
@@ -160,12 +176,20 @@ def _dataset_options(args: argparse.Namespace) -> dict:
     return {k: v for k, v in options.items() if v is not None}
 
 
+def _model_options(args: argparse.Namespace, **flags: Any) -> dict[str, Any]:
+    """``-o`` options plus the dedicated flags that were given; the same argument twice is an error."""
+    options = dict(args.model_option)
+    for key, value in flags.items():
+        if value is None:
+            continue
+        if key in options and options[key] != value:
+            raise ValueError(f"{key} is given twice, as --{key.replace('_', '-')} {value} and as -o {key}={options[key]}")
+        options[key] = value
+    return options
+
+
 def _train_config(args: argparse.Namespace) -> RunConfig:
-    model_options = dict(args.model_option)
-    if args.z_dim is not None:
-        model_options["z_dim"] = args.z_dim
-    if args.likelihood is not None:
-        model_options["likelihood"] = args.likelihood
+    model_options = _model_options(args, z_dim=args.z_dim, likelihood=args.likelihood)
     return RunConfig(
         model=args.model,
         model_options=model_options,
@@ -200,6 +224,8 @@ def _demo(args: argparse.Namespace) -> None:
 
 def _train(args: argparse.Namespace) -> None:
     if args.resume:
+        if args.model_option:
+            raise ValueError("-o/--model-option cannot change a resumed run (its config.json holds the model)")
         out = Path(args.resume)
         numbers = run(None, out, resume=True, progress=not args.no_progress)
     else:
@@ -229,10 +255,16 @@ def _compare_estimators(args: argparse.Namespace) -> None:
 
 def _sweep(args: argparse.Namespace) -> None:
     dataset_options = {} if args.num_train is None else {"num_train": args.num_train}
-    config = RunConfig(model=args.model, model_options={"z_dim": args.z_dim, **dict(args.model_option)},
-                       dataset=args.dataset, dataset_options=dataset_options, epochs=args.epochs,
-                       batch_size=args.batch_size, seed=args.seed)
-    rows = sweep(config, args.values, args.out, parameter=args.parameter, metrics=args.metrics,
+    values = args.values if args.values is not None else args.beta
+    parameter = args.parameter or MODELS[args.model].tradeoff_parameter or "kl_weight"
+    if args.beta is not None and parameter not in ("beta", "kl_weight"):
+        raise ValueError(f"--beta sets β, but {args.model} sweeps {parameter}: use --values (or --parameter kl_weight)")
+    model_options = _model_options(args, z_dim=args.z_dim)
+    model_options.setdefault("z_dim", 10)
+    config = RunConfig(model=args.model, model_options=model_options, dataset=args.dataset,
+                       dataset_options=dataset_options, epochs=args.epochs, batch_size=args.batch_size,
+                       seed=args.seed)
+    rows = sweep(config, values, args.out, parameter=parameter, metrics=args.metrics,
                  metric_options=_metric_options(args.metric_points), progress=not args.no_progress)
     for row in rows:
         print(", ".join(f"{k}={v:.3f}" for k, v in row.items()))

@@ -233,8 +233,8 @@ def sweep(
     the training KL weight of any model).
 
     :param config: the run every value shares (its own value of the parameter is replaced).
-    :param values: the values to train with (each > 0).
-    :param out: the sweep folder.
+    :param values: the values to train with (numbers; the model's constructor checks their range).
+    :param out: the sweep folder; run ``i`` goes to ``out/<parameter>_<values[i]:.12g>/``.
     :param parameter: the constructor argument to vary (default: the model's own).
     :param metrics: metric names of :data:`pyrovae.metrics.METRICS`, or ``("all",)``.
     :param metric_options: options for :func:`pyrovae.metrics.evaluate_metrics`.
@@ -249,24 +249,28 @@ def sweep(
         for klass in cls.__mro__
         if "__init__" in vars(klass) and klass is not object
         for name, p in inspect.signature(klass.__init__).parameters.items()
-        if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        if name not in ("self", "x_shape", "likelihood") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
     ]
     if parameter not in accepted:
         raise ValueError(f"Expected parameter to be one of {config.model}'s arguments {accepted}, got {parameter!r}")
-    for value in values:
-        if not (isinstance(value, (int, float)) and value > 0):
-            raise ValueError(f"Expected every value of {parameter} > 0, got {value!r}")
+    if not values:
+        raise ValueError("Expected at least one value to sweep")
+    for value in values:  # the model's constructor (or fit, for kl_weight) checks the range
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"Expected every value of {parameter} to be a number, got {value!r}")
+    folders = [out / f"{parameter}_{value:.12g}" for value in values]
+    if len(set(folders)) != len(folders):
+        raise ValueError(f"Expected distinct values of {parameter}, got {list(values)}")
     test = load(config.dataset, "test", **config.dataset_options)
     rows = []
-    for value in values:
-        run_dir = out / f"{parameter}_{value:g}"
+    for value, run_dir in zip(values, folders):
         if parameter == "kl_weight":
-            run_config = dataclasses.replace(config, kl_weight=float(value))
+            run_config = dataclasses.replace(config, kl_weight=value)
         else:
             run_config = dataclasses.replace(config, model_options={**config.model_options, parameter: value})
         run(run_config, run_dir, progress=progress)
         _, model = load_run(run_dir)
-        row = {parameter: float(value), "reconstruction_error": reconstruction_error(model, test.x),
+        row = {parameter: value, "reconstruction_error": reconstruction_error(model, test.x),
                "test_elbo": evaluate_elbo(model, test.x, seed=config.seed)}
         factors = test.info.get("factors")
         if factors is not None and metrics:

@@ -31,6 +31,10 @@ __all__ = [
 ]
 
 
+#: how the trade-off figure writes the swept parameters of :data:`pyrovae.MODELS`
+SYMBOLS: dict[str, str] = {"beta": "β", "gamma": "γ", "capacity_max": "C_max", "lambda_od": "λ_od", "kl_weight": "KL weight"}
+
+
 def as_images(x: torch.Tensor, x_shape: Sequence[int]) -> torch.Tensor:
     """Reshape a batch of data points to ``(N, C, H, W)`` for drawing.
 
@@ -138,10 +142,10 @@ def traversal_grid(
     (in prior standard deviations, Higgins et al.'s convention), or, with
     ``relative=True``, to the posterior mean plus those offsets.  Rows are
     ordered by decreasing KL; one block of ``len(dims)`` rows per seed image.
-    The image is a grid of ``num_seeds · len(dims)`` rows by ``num_values`` columns.
+    The image is a grid of ``min(num_seeds, len(x)) · len(dims)`` rows by ``num_values`` columns.
 
     :param vae: the model (see the module's interface).
-    :param x: data points; the first ``num_seeds`` are the seed images.
+    :param x: data points; the first ``num_seeds`` are the seed images (all of them if fewer).
     :param path: the PNG file to write.
     :param num_seeds: seed images (>= 1).
     :param num_values: columns per row (>= 2).
@@ -151,8 +155,8 @@ def traversal_grid(
     :param order_by_kl: KL per dimension used to order the rows (default: :func:`kl_per_dimension` on ``x``).
     :returns: ``path``.
     """
-    if not (isinstance(num_seeds, int) and 1 <= num_seeds <= len(x)):
-        raise ValueError(f"Expected num_seeds an int in [1, len(x) = {len(x)}], got {num_seeds!r}")
+    if not (isinstance(num_seeds, int) and num_seeds >= 1):
+        raise ValueError(f"Expected num_seeds an int >= 1, got {num_seeds!r}")
     if not (isinstance(num_values, int) and num_values >= 2):
         raise ValueError(f"Expected num_values an int >= 2, got {num_values!r}")
     if not limit > 0:
@@ -245,7 +249,7 @@ def tradeoff_plot(rows: Sequence[Mapping[str, float]], path: str | os.PathLike, 
     import matplotlib.pyplot as plt
 
     skip = {parameter, "reconstruction_error", "test_elbo"}
-    label = {"beta": "β", "gamma": "γ", "alpha": "α", "lambda_od": "λ_od"}.get(parameter, parameter)
+    label = SYMBOLS.get(parameter, parameter)
     scores = [k for k in rows[0] if k not in skip and not k.endswith("_train") and not k.endswith("_dims")] if rows else []
     panels = scores or ["test_elbo"]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3), squeeze=False)

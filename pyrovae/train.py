@@ -300,6 +300,14 @@ def _write_history(run_dir: Path, history: list[dict[str, float]]) -> None:
             writer.writerows(history)
 
 
+def _auxiliary_hyperparameters(owner: Any) -> dict[str, Any]:
+    """The auxiliary Adam's ``lr`` and ``betas``, from the trained object's attributes (or Adam's defaults)."""
+    return {
+        "lr": float(getattr(owner, "auxiliary_lr", 1e-4)),
+        "betas": tuple(float(b) for b in getattr(owner, "auxiliary_betas", (0.9, 0.999))),
+    }
+
+
 def fit(
     obj: Any,
     data: Any,
@@ -452,11 +460,7 @@ def fit(
         if world > 1:
             for p in aux_params:
                 torch.distributed.broadcast(p.data, src=0)
-        aux_optim = torch.optim.Adam(
-            aux_params,
-            lr=float(getattr(programs.owner, "auxiliary_lr", 1e-4)),
-            betas=tuple(getattr(programs.owner, "auxiliary_betas", (0.9, 0.999))),
-        )
+        aux_optim = torch.optim.Adam(aux_params, **_auxiliary_hyperparameters(programs.owner))
     ddp = _data_parallel(programs, step_objective, model, guide, params, aux_params, device) if world > 1 else None
 
     steps_per_epoch = math.ceil(math.ceil(num_data / world) / batch_size)
@@ -467,6 +471,8 @@ def fit(
         optim.load_state_dict(checkpoint["optimizer"])
         if aux_optim is not None:
             aux_optim.load_state_dict(checkpoint["aux_optimizer"])
+            for group in aux_optim.param_groups:  # the model's values, even where an older checkpoint held others
+                group.update(_auxiliary_hyperparameters(programs.owner))
         step, epoch, batch_index = checkpoint["step"], checkpoint["epoch"], checkpoint["batch_index"]
         history, sums = list(checkpoint["history"]), dict(checkpoint["sums"])
         torch.set_rng_state(checkpoint["rng"]["torch"])

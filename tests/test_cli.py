@@ -125,6 +125,10 @@ def test_model_options_reach_the_constructor(tmp_path, capsys):
     capsys.readouterr()
     assert main(["train", "-o", "gama=5", "--out", str(tmp_path / "bad"), "--no-progress"]) == 2
     assert "gama" in capsys.readouterr().err
+    assert main(["train", "-o", "z_dim=3", "--z-dim", "4", "--out", str(tmp_path / "bad"), "--no-progress"]) == 2
+    assert "z_dim is given twice" in capsys.readouterr().err
+    assert main(["train", "--resume", str(out), "-o", "gamma=5", "--no-progress"]) == 2
+    assert "cannot change a resumed run" in capsys.readouterr().err
 
 
 def test_sweep_varies_each_models_own_weight(tmp_path, capsys):
@@ -142,8 +146,26 @@ def test_sweep_varies_each_models_own_weight(tmp_path, capsys):
     run = json.loads((out / "kl_weight_2" / "config.json").read_text())
     assert run["kl_weight"] == 2.0 and "gamma" not in run["model_options"]
     capsys.readouterr()
-    assert main(["sweep", "--model", "factor_vae", "--beta", "2", "--parameter", "gama", "--out", str(out)] + common) == 2
+    assert main(["sweep", "--model", "factor_vae", "--values", "2", "--parameter", "gama", "--out", str(out)] + common) == 2
     assert "Expected parameter to be one of factor_vae's arguments" in capsys.readouterr().err
+    # --beta where the model sweeps another weight would silently mean something else: refused
+    assert main(["sweep", "--model", "factor_vae", "--beta", "2", "--out", str(out)] + common) == 2
+    assert "--beta sets β, but factor_vae sweeps gamma" in capsys.readouterr().err
+
+
+def test_sweep_takes_integer_parameters_and_refuses_repeated_values(tmp_path):
+    from pyrovae.experiment import RunConfig, sweep
+
+    config = RunConfig(model="capacity_vae", model_options={"z_dim": 2, "hidden": [8]}, dataset="digits",
+                       dataset_options={"binarize": True}, epochs=1, batch_size=512)
+    rows = sweep(config, [5, 7], tmp_path, parameter="capacity_steps", progress=False)
+    assert [row["capacity_steps"] for row in rows] == [5, 7]  # ints reach the int-only argument
+    saved = torch.load(tmp_path / "capacity_steps_7" / "checkpoint.pt", weights_only=True)["model"]["config"]
+    assert saved["capacity_steps"] == 7
+    with pytest.raises(ValueError, match="Expected distinct values of gamma"):
+        sweep(config, [2, 2.0], tmp_path / "again", parameter="gamma", progress=False)
+    with pytest.raises(ValueError, match="x_shape"):  # set by the data, not sweepable
+        sweep(config, [2], tmp_path / "again", parameter="x_shape", progress=False)
 
 
 def test_compare_estimators_and_sweep_commands(tmp_path, capsys):

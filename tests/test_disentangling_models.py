@@ -103,6 +103,7 @@ def test_tradeoff_parameter_is_a_constructor_argument_that_reaches_training(name
         (FactorVAE, {"gamma": 0}, "Expected gamma > 0, got 0"),
         (FactorVAE, {"discriminator_lr": -1e-4}, "Expected discriminator_lr > 0, got -0.0001"),
         (FactorVAE, {"discriminator_betas": (0.5, 1.0)}, "Expected discriminator_betas as two numbers in [0, 1)"),
+        (FactorVAE, {"discriminator_betas": 0.5}, "Expected discriminator_betas as two numbers in [0, 1), got 0.5"),
         (BetaTCVAE, {"beta": -1}, "Expected beta >= 0, got -1"),
         (BetaTCVAE, {"estimator": "iwae"}, "Expected estimator in ('mss', 'mws'), got 'iwae'"),
         (BetaTCVAE, {"num_data": 0}, "Expected num_data to be an int >= 1, got 0"),
@@ -258,6 +259,21 @@ def test_fit_gives_the_discriminator_kim_and_mnih_adam(digits, tmp_path):
     pyrovae.fit(model, digits[:128], epochs=1, batch_size=128, progress=False, out=tmp_path)
     groups = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["aux_optimizer"]["param_groups"]
     assert [(g["lr"], tuple(g["betas"])) for g in groups] == [(3e-4, (0.5, 0.9))]
+
+
+def test_resume_gives_the_discriminator_the_models_adam_settings(digits, tmp_path):
+    """A checkpoint whose discriminator optimiser ran with other settings (e.g. written before the
+    betas were Kim and Mnih's) resumes with the model's own: the record and the training agree."""
+    x = digits[:256]
+    pyrovae.fit(make("factor_vae"), x, epochs=1, batch_size=128, progress=False, out=tmp_path)
+    path = tmp_path / "checkpoint.pt"
+    checkpoint = torch.load(path, weights_only=True)
+    for group in checkpoint["aux_optimizer"]["param_groups"]:
+        group.update(lr=1e-3, betas=(0.9, 0.999))
+    torch.save(checkpoint, path)
+    pyrovae.fit(make("factor_vae"), x, epochs=2, batch_size=128, progress=False, out=tmp_path, resume=True)
+    groups = torch.load(path, weights_only=True)["aux_optimizer"]["param_groups"]
+    assert [(g["lr"], tuple(g["betas"])) for g in groups] == [(1e-4, (0.5, 0.9))]
 
 
 def test_factor_vae_resume_restores_the_discriminator_and_its_optimizer(digits, tmp_path):

@@ -468,17 +468,44 @@ DISENTANGLEMENT_LIB_DEFAULTS = {
 def test_defaults_are_disentanglement_libs(name):
     parameters = inspect.signature(METRICS[name]).parameters
     assert {key: parameters[key].default for key in DISENTANGLEMENT_LIB_DEFAULTS[name]} == DISENTANGLEMENT_LIB_DEFAULTS[name]
-    assert importlib.import_module("pyrovae.metrics.sap").SVM_C == 0.01
+
+
+def test_sap_svm_uses_c_0_01(monkeypatch):
+    """The SVM's C is disentanglement_lib's 0.01, and it is the constant the SVMs are built with."""
+    sap_module = importlib.import_module("pyrovae.metrics.sap")  # the function of the same name shadows it
+    assert sap_module.SVM_C == 0.01
+    built = []
+    original = sap_module.LinearSVC
+    monkeypatch.setattr(sap_module, "LinearSVC", lambda **kw: (built.append(kw["C"]), original(**kw))[1])
+    sap(_rotation_2d(), TINY_DATA, num_train=100, num_test=50, rng=0)
+    assert built and set(built) == {0.01}
 
 
 def test_batch_size_means_the_score_groups_only():
-    """``batch_size`` reaches the BetaVAE and FactorVAE scores (their group size) and no other metric,
-    whose memory knob is ``images_per_call``: passing it to evaluate_metrics cannot change MIG."""
+    """``batch_size`` is the BetaVAE and FactorVAE scores' group size and no other metric's
+    argument (their memory knob is ``images_per_call``), so evaluate_metrics cannot pass it to them."""
     takes = {name for name, metric in METRICS.items() if "batch_size" in inspect.signature(metric).parameters}
     assert takes == {"beta_vae_score", "factor_vae_score"}
-    options = dict(num_train=200, rng=1)
-    assert evaluate_metrics(_rotation_2d(), TINY_DATA, names=("mig",), batch_size=3, images_per_call=7, **options) == \
-        evaluate_metrics(_rotation_2d(), TINY_DATA, names=("mig",), **options)
+    with pytest.raises(TypeError):
+        mig(_rotation_2d(), TINY_DATA, num_train=100, batch_size=3)
+    # the group size changes what the score measures (groups of 2 average far less noise away)
+    noisy = _noise_added(0.5)
+    large = beta_vae_score(noisy, TINY_DATA, num_train=200, num_test=100, batch_size=64, rng=1)["beta_vae_score"]
+    small = beta_vae_score(noisy, TINY_DATA, num_train=200, num_test=100, batch_size=2, rng=1)["beta_vae_score"]
+    assert small < large
+    # and images_per_call changes nothing
+    assert mig(_rotation_2d(), TINY_DATA, num_train=200, images_per_call=7, rng=1) == \
+        mig(_rotation_2d(), TINY_DATA, num_train=200, rng=1)
+
+
+def _noise_added(sd: float) -> Representation:
+    generator = torch.Generator().manual_seed(7)
+
+    def represent(x: torch.Tensor) -> torch.Tensor:
+        x = x.to(torch.float64)
+        return x + sd * torch.randn(x.shape, generator=generator, dtype=torch.float64)
+
+    return represent
 
 
 def test_metrics_never_import_models_or_training():

@@ -69,6 +69,12 @@ def test_traversal_sets_the_dimension_to_the_values_or_offsets_them(vae, x, tmp_
         torch.testing.assert_close(z[:, [0, 2]], mean[[0, 2]].expand(3, 2))
 
 
+def test_traversal_with_fewer_images_than_seeds_draws_them_all(vae, x, tmp_path):
+    path = plots.traversal_grid(vae, x[:2], tmp_path / "t.png", num_seeds=3, num_values=5)
+    with Image.open(path) as image:
+        assert image.size == _grid_size(rows=2 * vae.z_dim, cols=5)
+
+
 @pytest.mark.parametrize(
     "options, message",
     [({"num_seeds": 0}, "num_seeds"), ({"num_values": 1}, "num_values"), ({"limit": 0.0}, "limit > 0")],

@@ -121,7 +121,7 @@ class FactorVAE(VAE):
             raise ValueError(f"Expected gamma > 0, got {gamma!r}")
         if not (isinstance(discriminator_lr, (int, float)) and discriminator_lr > 0):
             raise ValueError(f"Expected discriminator_lr > 0, got {discriminator_lr!r}")
-        betas = tuple(discriminator_betas)
+        betas = tuple(discriminator_betas) if isinstance(discriminator_betas, (tuple, list)) else ()
         if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
             raise ValueError(f"Expected discriminator_betas as two numbers in [0, 1), got {discriminator_betas!r}")
         super().__init__(*args, **kwargs)
