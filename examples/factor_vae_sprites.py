@@ -23,7 +23,10 @@ FactorVAE score and the BetaVAE score of the representation
 
 What it reaches
     Full setting (``python examples/factor_vae_sprites.py``; 50,000 images,
-    30 epochs, 10,000 metric points): not yet measured (see examples/README.md).
+    30 epochs, 10,000 metric points; measured 2026-11-30 on 2 CPU cores in
+    1 h 15 min, 55 min of it training): test ELBO -70.26, reconstruction
+    error 48.12, MIG 0.048, DCI 0.076 / 0.096 / 0.368, SAP 0.011, FactorVAE
+    score 0.560, BetaVAE score 0.657 (seed 0; see examples/README.md).
     Reference: Locatello et al. 2019 (arXiv:1811.12359) trained FactorVAE with
     γ in {10, 20, 30, 40, 50, 100} on dSprites, 300,000 steps each; across
     hyper-parameters and seeds their MIG lies roughly between 0 and 0.4, and
