@@ -47,7 +47,7 @@ from pyro.infer import ELBO
 from pyrovae.objectives import make_objective
 from pyrovae.objectives.graph import BASELINE_PREFIX
 from pyrovae.objectives.importance import param_leaves
-from pyrovae.train import resolve_programs
+from pyrovae.programs import resolve_programs
 
 __all__ = ["DEFAULT_OBJECTIVES", "EstimatorComparison", "EstimatorStats", "compare_estimators", "parse_objective"]
 

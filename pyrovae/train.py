@@ -53,10 +53,8 @@ What ``fit`` guarantees
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
-import inspect
 import json
 import math
 import os
@@ -74,6 +72,14 @@ from pyrovae.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from pyrovae.handlers import plate_scale
 from pyrovae.objectives import make_objective
 from pyrovae.objectives.compiled import Compiled, loss_and_surrogate_of
+from pyrovae.programs import (
+    Programs,
+    as_tensor,
+    check_positive_int,
+    device_of,
+    resolve_programs,
+    validate_data,
+)
 from pyrovae.schedules import Constant, Schedule, make_schedule
 
 __all__ = ["fit", "FitResult", "TrainingDiverged", "resolve_programs", "evaluate_elbo"]
@@ -125,78 +131,6 @@ class FitResult:
     @property
     def final(self) -> dict[str, float]:
         return self.history[-1] if self.history else {}
-
-
-@dataclasses.dataclass
-class Programs:
-    """A model/guide pair and what ``fit`` knows about it."""
-
-    model: Callable
-    guide: Callable
-    owner: Any
-    takes_kl_weight: bool
-
-    def kwargs(self, kl_weight: float, step: int | None = None) -> dict[str, Any]:
-        """Keyword arguments for model and guide; ``step`` given means training."""
-        out: dict[str, Any] = {"kl_weight": kl_weight} if self.takes_kl_weight else {}
-        hook = getattr(self.owner, "training_kwargs", None)
-        if step is not None and callable(hook):
-            out.update(hook(step))
-        return out
-
-    def auxiliary(self) -> tuple[list[torch.Tensor], Callable | None]:
-        params_fn = getattr(self.owner, "auxiliary_parameters", None)
-        loss_fn = getattr(self.owner, "auxiliary_loss", None)
-        if callable(params_fn) and callable(loss_fn):
-            return list(params_fn()), loss_fn
-        return [], None
-
-
-def _accepts(fn: Callable, name: str) -> bool:
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
-
-
-def resolve_programs(obj: Any) -> Programs:
-    """The model/guide pair of a pyrovae model, an object with ``model``/``guide``, or a pair."""
-    if callable(getattr(obj, "model", None)) and callable(getattr(obj, "guide", None)):
-        model, guide, owner = obj.model, obj.guide, obj
-    elif isinstance(obj, (tuple, list)) and len(obj) == 2 and all(callable(f) for f in obj):
-        (model, guide), owner = obj, None
-    else:
-        raise TypeError(
-            "Expected a model: a pyrovae model, an object with model() and guide() methods, "
-            f"or a (model, guide) pair of functions; got {type(obj).__name__}"
-        )
-    return Programs(model, guide, owner, _accepts(model, "kl_weight") and _accepts(guide, "kl_weight"))
-
-
-def _as_tensor(data: Any, name: str) -> torch.Tensor:
-    x = getattr(data, "x", data)  # a pyrovae DataSet or a tensor
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"Expected {name} to be a torch.Tensor (N, ...) or a pyrovae DataSet, got {type(data).__name__}")
-    return x
-
-
-def _validate_data(programs: Programs, x: torch.Tensor, name: str) -> None:
-    if x.dim() < 1 or x.shape[0] < 1:
-        raise ValueError(f"Expected {name} of shape (N, ...) with N >= 1, got {tuple(x.shape)}")
-    check = getattr(programs.owner, "validate_data", None)
-    if callable(check):
-        check(x, name)
-        return
-    if not x.is_floating_point():
-        raise TypeError(f"Expected {name} to have a floating dtype (e.g. torch.float32), got {x.dtype}")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"Expected {name} to be finite, found {int((~torch.isfinite(x)).sum())} NaN/Inf values")
-
-
-def _check_positive_int(name: str, value: Any, minimum: int = 1) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"Expected {name} to be an int >= {minimum}, got {value!r}")
 
 
 def _resolve_device(device: str | torch.device) -> torch.device:
@@ -272,8 +206,8 @@ def evaluate_elbo(obj: Any, data: Any, *, batch_size: int = 1000, num_particles:
     Uses common random numbers (``seed``) so that successive calls are comparable.
     """
     programs = resolve_programs(obj)
-    x = _as_tensor(data, "data")
-    device = _device_of(programs.owner, x)
+    x = as_tensor(data, "data")
+    device = device_of(programs.owner, x)
     elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1)
     total = 0.0
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), pyro.validation_enabled(False):
@@ -281,13 +215,6 @@ def evaluate_elbo(obj: Any, data: Any, *, batch_size: int = 1000, num_particles:
         for xb in x.split(batch_size):
             total += elbo.loss(programs.model, programs.guide, xb.to(device))
     return -total / x.shape[0]
-
-
-def _device_of(owner: Any, x: torch.Tensor) -> torch.device:
-    if isinstance(owner, torch.nn.Module):
-        for p in owner.parameters():
-            return p.device
-    return x.device
 
 
 def _write_history(run_dir: Path, history: list[dict[str, float]]) -> None:
@@ -369,18 +296,18 @@ def fit(
     """
     # ------------------------------------------------------------ validation
     programs = resolve_programs(obj)
-    x = _as_tensor(data, "data")
+    x = as_tensor(data, "data")
     epoch_view = getattr(data, "epoch_view", None)  # data redrawn each epoch (dynamic binarization)
-    _validate_data(programs, x, "data")
+    validate_data(programs, x, "data")
     x_valid = None
     if valid_data is not None:
-        x_valid = _as_tensor(valid_data, "valid_data")
-        _validate_data(programs, x_valid, "valid_data")
-    _check_positive_int("epochs", epochs)
-    _check_positive_int("batch_size", batch_size)
-    _check_positive_int("seed", seed, minimum=0)
+        x_valid = as_tensor(valid_data, "valid_data")
+        validate_data(programs, x_valid, "valid_data")
+    check_positive_int("epochs", epochs)
+    check_positive_int("batch_size", batch_size)
+    check_positive_int("seed", seed, minimum=0)
     if checkpoint_every is not None:
-        _check_positive_int("checkpoint_every", checkpoint_every)
+        check_positive_int("checkpoint_every", checkpoint_every)
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"Expected lr to be a finite number > 0, got {lr!r}")
     if optimizer not in OPTIMIZERS:

@@ -40,8 +40,15 @@ def test_variants_import_only_the_base_and_building_blocks(path):
 
 
 def test_building_blocks_import_no_models():
-    for name in ("nets.py", "likelihoods.py", "schedules.py", "handlers.py", "checkpoint.py"):
+    for name in ("nets.py", "likelihoods.py", "schedules.py", "handlers.py", "checkpoint.py", "programs.py"):
         assert not _imports(PACKAGE / name) - {"pyrovae.handlers"}, name
+
+
+def test_evaluation_does_not_import_the_trainer():
+    # log_likelihood and compare_estimators share the pair and data checks with fit through
+    # pyrovae.programs, never through fit's private helpers
+    for path in (PACKAGE / "metrics" / "likelihood.py", PACKAGE / "compare.py"):
+        assert "pyrovae.train" not in _imports(path), path.name
 
 
 def test_cli_uses_the_public_api_only():

@@ -97,7 +97,7 @@ from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import site_is_subsample
 
-from pyrovae.train import Programs, _as_tensor, _check_positive_int, _device_of, _validate_data, resolve_programs
+from pyrovae.programs import Programs, as_tensor, check_positive_int, device_of, resolve_programs, validate_data
 
 __all__ = ["DEFAULT_BOUNDS", "ROWS_PER_CALL", "BoundResult", "LogLikelihoodResult", "iwae_bound", "log_likelihood"]
 
@@ -231,7 +231,7 @@ def log_likelihood(
         result = log_likelihood(vae, x_test, num_samples=5000)
         result.mean, result.mean_stderr, result.bits_per_dim
     """
-    _check_positive_int("num_samples", num_samples)
+    check_positive_int("num_samples", num_samples)
     if bounds is None:
         bounds = tuple(k for k in DEFAULT_BOUNDS if k <= num_samples)
     bounds = tuple(bounds)
@@ -271,8 +271,8 @@ def iwae_bound(
         elbo = iwae_bound(vae, x_test, 1, num_estimates=100).mean
         iwae_50 = iwae_bound(vae, x_test, 50).mean
     """
-    _check_positive_int("k", k)
-    _check_positive_int("num_estimates", num_estimates)
+    check_positive_int("k", k)
+    check_positive_int("num_estimates", num_estimates)
     estimates = _estimate(vae_or_pair, data, k * num_estimates, batch_size, chunk_size, (k,), False, seed)
     return estimates["bounds"][k]
 
@@ -290,18 +290,18 @@ def _estimate(
 ) -> dict[str, Any]:
     """Per-point results over ``data``: batches of points, each through chunks of samples."""
     programs = resolve_programs(obj)
-    x = _as_tensor(data, "data")
-    _validate_data(programs, x, "data")
+    x = as_tensor(data, "data")
+    validate_data(programs, x, "data")
     if x.dim() < 1 or x.shape[0] < 1:
         raise ValueError(f"Expected data of shape (N, ...) with N >= 1, got {tuple(x.shape)}")
     for name, value in (("batch_size", batch_size), ("chunk_size", chunk_size)):
         if value is not None:
-            _check_positive_int(name, value)
+            check_positive_int(name, value)
     if seed is not None:
-        _check_positive_int("seed", seed, minimum=0)
+        check_positive_int("seed", seed, minimum=0)
     if batch_size is None:
         batch_size = _DEFAULT_BATCH_SIZE if chunk_size is None else max(1, ROWS_PER_CALL // chunk_size)
-    device = _device_of(programs.owner, x)
+    device = device_of(programs.owner, x)
     kwargs = programs.kwargs(1.0)  # the true model: β = 1, no training_kwargs
 
     batches = []
