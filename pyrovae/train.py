@@ -37,7 +37,9 @@ What ``fit`` guarantees
     * A NaN/Inf loss stops training *before* the bad gradients are applied, with
       the step in the message; the last good checkpoint is kept.
     * Checkpoints (every ``checkpoint_every`` steps and at the end) hold the
-      parameters, optimizer, schedule step, data order position, partial epoch
+      parameters, optimizer, the objective's own state (an objective with
+      ``state_dict()``/``load_state_dict(state, device)``, e.g. the ``graph``
+      objective's baselines), schedule step, data order position, partial epoch
       sums and RNG state, written atomically; ``resume=True`` continues a killed
       run to the same parameters an uninterrupted run reaches (CPU).
     * Under ``torchrun`` (``WORLD_SIZE > 1``) each rank trains on its shard and
@@ -396,6 +398,8 @@ def fit(
     if checkpoint is not None:
         _load_state(programs.owner, params, checkpoint["state"])
         optim.load_state_dict(checkpoint["optimizer"])
+        if checkpoint.get("objective") and callable(getattr(elbo, "load_state_dict", None)):
+            elbo.load_state_dict(checkpoint["objective"], device)  # e.g. the graph objective's baselines
         if aux_optim is not None:
             aux_optim.load_state_dict(checkpoint["aux_optimizer"])
             for group in aux_optim.param_groups:  # the model's values, even where an older checkpoint held others
@@ -422,6 +426,7 @@ def fit(
             "sums": dict(sums), "history": history, "rng": rng, "settings": settings,
             "state": _state(programs.owner, params), "optimizer": optim.state_dict(),
             "aux_optimizer": aux_optim.state_dict() if aux_optim is not None else {},
+            "objective": elbo.state_dict() if callable(getattr(elbo, "state_dict", None)) else {},
             "model": {"class": type(programs.owner).__name__, "config": getattr(programs.owner, "config", {})},
             "record": dict(record or {}),
         }

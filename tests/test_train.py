@@ -28,6 +28,7 @@ import torch
 from torch.distributions import constraints
 
 import pyrovae
+from pyrovae.objectives.graph import GraphELBO
 from pyrovae.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 
 SCRIPT = Path(__file__).with_name("_train_script.py")
@@ -134,6 +135,25 @@ def test_resume_in_process_equals_uninterrupted_run(digits, tmp_path):
     assert_same_state(resumed_vae, fresh_vae)
     assert without_seconds(resumed.history) == without_seconds(fresh.history)
     assert [row["epoch"] for row in resumed.history] == [1, 2, 3]
+
+
+def test_resume_continues_the_graph_objectives_baselines(digits, tmp_path):
+    """The score-function objective's decaying-average baselines live in Pyro's param store; the
+    checkpoint carries them, so a resumed run (fresh process: empty store) equals an uninterrupted one."""
+    x = digits.x[:256]
+    options = dict(batch_size=64, lr=1e-2, seed=3, device="cpu", progress=False)
+    pyrovae.fit(tiny_vae(0), x, epochs=1, out=tmp_path, objective=GraphELBO(pathwise=False), **options)
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["objective"]
+    assert saved and all(name.startswith("__baseline_avg_downstream_cost_") for name in saved)
+    pyro.clear_param_store()  # what a new process starts with
+    resumed_vae = tiny_vae(99)
+    resumed = pyrovae.fit(resumed_vae, x, epochs=2, out=tmp_path, resume=True,
+                          objective=GraphELBO(pathwise=False), **options)
+    pyro.clear_param_store()
+    fresh_vae = tiny_vae(0)
+    fresh = pyrovae.fit(fresh_vae, x, epochs=2, objective=GraphELBO(pathwise=False), **options)
+    assert_same_state(resumed_vae, fresh_vae)
+    assert without_seconds(resumed.history) == without_seconds(fresh.history)
 
 
 class CrashingVAE(pyrovae.VAE):

@@ -56,7 +56,7 @@ class GraphELBO(TraceGraph_ELBO):
 
     Example::
 
-        pyrovae.fit(vae, x, objective="graph", pathwise=False)   # REINFORCE with a baseline
+        pyrovae.fit(vae, x, objective=GraphELBO(pathwise=False))   # REINFORCE with a baseline
 
     References:
       1. J. Schulman, N. Heess, T. Weber, P. Abbeel. Gradient Estimation Using Stochastic
@@ -85,6 +85,19 @@ class GraphELBO(TraceGraph_ELBO):
         )
         self.baseline_beta = float(baseline_beta)
         self.pathwise = pathwise
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The decaying-average baselines (Pyro keeps them in the param store), for a checkpoint."""
+        store = pyro.get_param_store()
+        return {name: store[name].detach().cpu().clone() for name in store.keys() if name.startswith(BASELINE_PREFIX)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor], device: torch.device | None = None) -> None:
+        """Put checkpointed baselines back in the param store, so a resumed run continues their averages."""
+        store = pyro.get_param_store()
+        for name, value in state.items():
+            if not name.startswith(BASELINE_PREFIX):
+                raise ValueError(f"Expected baseline names starting with {BASELINE_PREFIX!r}, got {name!r}")
+            store[name] = value.to(device) if device is not None else value.clone()
 
     def _get_trace(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> tuple[Trace, Trace]:
         # The handler wraps the (already particle-vectorized) guide, so it sees each
