@@ -192,6 +192,16 @@ def test_result_summary_and_bits_per_dim():
     assert row["num_samples"] == 200
 
 
+def test_khat_needs_21_samples_for_a_tail():
+    """arviz fits the Pareto tail to at least 5 of the K weights: below K = 21 k-hat is inf (unreliable,
+    so counted above 0.7), from K = 21 it is finite."""
+    x = data(6)
+    few = log_likelihood((LG.model, approximate_guide()), x, num_samples=20, bounds=(1,))
+    enough = log_likelihood((LG.model, approximate_guide()), x, num_samples=21, bounds=(1,))
+    assert bool((few.khat == math.inf).all()) and few.share_khat_above_0_7 == 1.0
+    assert bool(enough.khat.isfinite().all())
+
+
 def test_global_latent_is_refused_by_name():
     def model(x):
         w = pyro.sample("w", dist.Normal(0.0, 1.0))

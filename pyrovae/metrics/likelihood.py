@@ -149,7 +149,8 @@ class LogLikelihoodResult:
     :ivar ess: effective sample size of the importance weights, in ``[1, num_samples]``.
     :ivar khat: Pareto :math:`\\hat k` of the weights (``-inf`` where all
         weights are equal, e.g. with the exact posterior as guide; ``inf``
-        where K is too small for a tail to fit, NaN for K = 1).
+        where K is too small for a tail to fit -- arviz needs a tail of at
+        least 5 of the K weights, K >= 21 -- and NaN for K = 1).
     :ivar num_samples: K, importance samples per point.
     :ivar event_numel: D, values per data point (for bits per dimension).
     :ivar bounds: IWAE-:math:`k` bounds from the same samples, by :math:`k`.
