@@ -15,7 +15,7 @@ from typing import Any
 
 from pyrovae.compare import DEFAULT_OBJECTIVES, compare_estimators
 from pyrovae.datasets import DATASETS, load
-from pyrovae.experiment import RunConfig, evaluate_run, run, sweep
+from pyrovae.experiment import RunConfig, evaluate_run, run, sweep, sweep_parameter
 from pyrovae.metrics import METRICS
 from pyrovae.models import MODELS, make_model
 from pyrovae.objectives import OBJECTIVES
@@ -256,7 +256,7 @@ def _compare_estimators(args: argparse.Namespace) -> None:
 def _sweep(args: argparse.Namespace) -> None:
     dataset_options = {} if args.num_train is None else {"num_train": args.num_train}
     values = args.values if args.values is not None else args.beta
-    parameter = args.parameter or MODELS[args.model].tradeoff_parameter or "kl_weight"
+    parameter = sweep_parameter(args.model, args.parameter)
     if args.beta is not None and parameter not in ("beta", "kl_weight"):
         raise ValueError(f"--beta sets β, but {args.model} sweeps {parameter}: use --values (or --parameter kl_weight)")
     model_options = _model_options(args, z_dim=args.z_dim)

@@ -33,7 +33,7 @@ from pyrovae.metrics.likelihood import log_likelihood
 from pyrovae.models import MODELS, make_model
 from pyrovae.train import evaluate_elbo, fit
 
-__all__ = ["RunConfig", "run", "load_run", "evaluate_run", "reconstruction_error", "sweep"]
+__all__ = ["RunConfig", "run", "load_run", "evaluate_run", "reconstruction_error", "sweep", "sweep_parameter"]
 
 
 @dataclasses.dataclass
@@ -213,6 +213,23 @@ def _representation(model: Any):
     return represent
 
 
+def sweep_parameter(model: str, parameter: str | None = None) -> str:
+    """The argument a sweep of ``model`` varies: ``parameter`` if given (checked), else the
+    model's :attr:`~pyrovae.models.vae.VAE.tradeoff_parameter`, else ``"kl_weight"``."""
+    cls = MODELS[model]
+    parameter = parameter or cls.tradeoff_parameter or "kl_weight"
+    accepted = ["kl_weight"] + [
+        name
+        for klass in cls.__mro__
+        if "__init__" in vars(klass) and klass is not object
+        for name, p in inspect.signature(klass.__init__).parameters.items()
+        if name not in ("self", "x_shape", "likelihood") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+    if parameter not in accepted:
+        raise ValueError(f"Expected parameter to be one of {model}'s arguments {accepted}, got {parameter!r}")
+    return parameter
+
+
 def sweep(
     config: RunConfig,
     values: Sequence[float],
@@ -242,17 +259,7 @@ def sweep(
         also written to ``out/sweep.json``; the figure is ``out/tradeoff.png``.
     """
     out = Path(out)
-    cls = MODELS[config.model]
-    parameter = parameter or cls.tradeoff_parameter or "kl_weight"
-    accepted = ["kl_weight"] + [
-        name
-        for klass in cls.__mro__
-        if "__init__" in vars(klass) and klass is not object
-        for name, p in inspect.signature(klass.__init__).parameters.items()
-        if name not in ("self", "x_shape", "likelihood") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-    ]
-    if parameter not in accepted:
-        raise ValueError(f"Expected parameter to be one of {config.model}'s arguments {accepted}, got {parameter!r}")
+    parameter = sweep_parameter(config.model, parameter)
     if not values:
         raise ValueError("Expected at least one value to sweep")
     for value in values:  # the model's constructor (or fit, for kl_weight) checks the range
