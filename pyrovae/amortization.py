@@ -37,12 +37,12 @@ from typing import Any
 import pyro
 import torch
 from pyro import poutine
-from pyro.poutine.util import prune_subsample_sites
 from torch.distributions import Independent, transform_to
 
 from pyrovae.metrics.likelihood import log_likelihood
 from pyrovae.objectives.importance import ImportanceELBO
 from pyrovae.objectives.stl import StickingTheLanding
+from pyrovae.programs import ProgramError, Structure, as_data, inspect_pair, resolve_programs
 
 __all__ = ["AmortizationGap", "amortization_gap"]
 
@@ -109,28 +109,25 @@ def _family(q: Any) -> tuple[Callable[[dict[str, torch.Tensor]], Any], dict[str,
     return rebuild, {k: getattr(base, k).detach() for k in names}, {k: base.arg_constraints[k] for k in names}
 
 
-def _check_contract(vae: Any, x: torch.Tensor) -> int:
-    """The VAE contract this function relies on; returns the plate nesting."""
+def _check_contract(vae: Any, x: torch.Tensor) -> Structure:
+    """The VAE contract this function relies on, from the pair's structure."""
     for name in ("model", "guide", "posterior"):
         if not callable(getattr(vae, name, None)):
             raise TypeError(
                 f"amortization_gap needs a pyrovae model (model, guide and posterior(x) methods); "
                 f"{type(vae).__name__} has no {name}()"
             )
+    programs = resolve_programs(vae)
     with poutine.block():
-        guide_trace = poutine.trace(vae.guide).get_trace(x)
-        model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x)
-    guide_trace, model_trace = prune_subsample_sites(guide_trace), prune_subsample_sites(model_trace)
-    latents = [s for s in guide_trace.nodes.values() if s["type"] == "sample" and not s["is_observed"]]
-    if [s["name"] for s in latents] != ["z"] or not any(f.name == "data" for f in latents[0]["cond_indep_stack"]):
-        raise ValueError(
-            "amortization_gap refines q(z|x) = posterior(x) at the guide's one latent site 'z' in the plate "
-            f"'data'; this guide has latent sites {[s['name'] for s in latents]}"
+        structure = inspect_pair(programs, as_data(x, "data"), programs.kwargs(1.0), what="amortization_gap")
+    structure.require_local("amortization_gap")
+    structure.require_vectorized("amortization_gap")
+    if list(structure.guide_latents) != ["z"] or list(structure.local_latents) != ["z"]:
+        raise ProgramError(
+            f"amortization_gap refines q(z|x) = posterior(x) at the guide's one latent site 'z' in the per-point "
+            f"plate {structure.data_plate!r}; this guide has latent sites {list(structure.guide_latents)}"
         )
-    return max(
-        [1, *(-f.dim for tr in (guide_trace, model_trace) for s in tr.nodes.values() if s["type"] == "sample"
-              for f in s["cond_indep_stack"] if f.vectorized and f.dim is not None)]
-    )
+    return structure
 
 
 def amortization_gap(
@@ -197,9 +194,12 @@ def amortization_gap(
                                              "var_difference": []}
     with torch.random.fork_rng(devices=cuda), pyro.validation_enabled(False):
         torch.manual_seed(seed)
-        nesting = _check_contract(vae, x[:2]) + 1
-        evaluate = ImportanceELBO(num_eval_samples, alpha=1.0, max_plate_nesting=nesting)
+        structure = _check_contract(vae, x[:3])
+        nesting = max(structure.max_plate_nesting, 1) + 1
+        evaluate = ImportanceELBO(num_eval_samples, alpha=1.0, max_plate_nesting=nesting,
+                                  data_plate=structure.data_plate)
         refine = StickingTheLanding(num_particles, alpha=1.0, max_plate_nesting=nesting)
+        refine.data_plate = structure.data_plate
         for index, xb in enumerate(x.split(batch_size)):
             eval_seed = seed + 1 + index  # common random numbers for the two ELBOs: a paired difference
             with torch.no_grad():
@@ -212,7 +212,7 @@ def amortization_gap(
 
             def guide(xg: torch.Tensor, **_: Any) -> None:
                 params = {k: transform_to(constraints[k])(u) for k, u in free.items()}
-                with pyro.plate("data", xg.shape[0]):
+                with pyro.plate(structure.data_plate, xg.shape[0]):
                     pyro.sample("z", rebuild(params))
 
             optim = torch.optim.Adam(list(free.values()), lr=lr)
@@ -234,7 +234,8 @@ def amortization_gap(
                 if given is None:  # importance sampling with q* as the proposal
                     # the refined guide holds one parameter per point of this batch: keep the batch whole
                     estimate = log_likelihood((vae.model, guide), xb, num_samples=num_iwae_samples,
-                                              batch_size=xb.shape[0], bounds=(), seed=eval_seed)
+                                              batch_size=xb.shape[0], bounds=(), seed=eval_seed,
+                                              data_plate=structure.data_plate)
                     parts["log_px"].append(estimate.log_px.to(device))
                     parts["var_log_px"].append(estimate.stderr.to(device).pow(2))
     amortized, refined = torch.cat(parts["elbo_amortized"]), torch.cat(parts["elbo_refined"])

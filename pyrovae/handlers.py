@@ -12,8 +12,9 @@
 * :class:`plate_scale` -- multiplies the score of every site inside the plate
   called ``name`` by ``scale``.  The trainer uses it with ``N / B`` so that a
   minibatch ELBO is an unbiased estimate of the full data set's ELBO for *any*
-  model/guide pair whose data plate is named ``"data"``; sites outside that
-  plate (global latents) are left alone, as they should be.
+  model/guide pair, on the per-point plate that :func:`pyrovae.programs.inspect_pair`
+  finds in the program (whatever its name); sites outside that plate (global
+  latents) are left alone, as they should be.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class _TensorWeight(Messenger):
 class plate_scale(Messenger):
     """Scale every site inside the plate named ``name`` by ``scale``.
 
-    :param name: the plate's name (``"data"`` by pyrovae's convention).
+    :param name: the plate's name (``fit`` passes the per-point plate it found).
     :param scale: a positive number, typically ``num_data / batch_size``.
     """
 

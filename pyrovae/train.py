@@ -2,21 +2,29 @@ r"""``fit``: stochastic variational inference for any model/guide pair.
 
 What ``fit`` trains
     A pyrovae model, *any* object with ``model`` and ``guide`` methods, or a
-    ``(model, guide)`` pair of plain Pyro functions.  The only convention is
-    that per-data-point sites live in a ``pyro.plate`` named ``"data"``, and that
-    the programs take the minibatch as their first argument.  If the programs
+    ``(model, guide)`` pair of plain Pyro programs, called with the minibatch
+    as ``SVI.step`` calls them: ``model(x)``, ``model(x, y)`` for a tuple of
+    tensors, ``model(**batch)`` for a dict.  The per-point plate is found from
+    the program, whatever its name (:func:`pyrovae.programs.inspect_pair`: the
+    plate around the observed sites whose size follows the batch, or broadcast
+    over it); ``data_plate=`` names it where several qualify.  If the programs
     accept a ``kl_weight`` keyword, ``fit`` passes the (scheduled) β to both.
 
 How a step works
-    The minibatch's sites in the ``"data"`` plate are scaled by ``N / B`` with
+    The minibatch's sites in the per-point plate are scaled by ``N / B`` with
     :class:`~pyrovae.handlers.plate_scale`, so the loss is an unbiased estimate
     of the whole data set's negative objective while global sites count once.
     The ELBO object (any :class:`pyro.infer.ELBO`) computes the loss and its
     gradients with ``loss_and_grads``; one :class:`torch.optim.Adam` steps all
     parameters at once (Pyro's per-parameter optimizer wrappers cost about a
-    quarter of a small step).  Pyro's argument validation runs once on a small
-    batch before training and is then switched off for speed; the data are
-    checked up front instead.
+    quarter of a small step).  Before any of it, plain traces on a few points
+    give the program's structure, and a program an objective cannot estimate
+    (a global latent under an importance-weighted objective, say) is refused in
+    one line naming the site.  Pyro's argument validation runs on those traces
+    and one small loss, and is then switched off for speed; the data are
+    checked up front instead.  Pyro's compiled ELBOs (``JitTrace_ELBO`` and
+    kin) record the first minibatch's ``N / B``: ``fit`` drops each epoch's
+    short last minibatch for them, with a warning.
 
 Variant hooks (optional methods of the trained object; the trainer never asks a model's name)
     * ``training_kwargs(step) -> dict``: extra keyword arguments for model and
@@ -61,6 +69,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -75,12 +84,17 @@ from pyrovae.handlers import plate_scale
 from pyrovae.objectives import make_objective
 from pyrovae.objectives.compiled import Compiled, loss_and_surrogate_of
 from pyrovae.programs import (
+    Data,
     Programs,
-    as_tensor,
+    ProgramError,
+    Structure,
+    as_data,
     check_positive_int,
     device_of,
+    inspect_pair,
     resolve_programs,
-    validate_data,
+    true_model,
+    validate_batch,
 )
 from pyrovae.schedules import Constant, Schedule, make_schedule
 
@@ -100,6 +114,33 @@ def optimizer_options(cls: type[torch.optim.Optimizer], device: torch.device) ->
     if cls in (torch.optim.Adam, torch.optim.AdamW) and device.type in ("cpu", "cuda"):
         return {"fused": True}
     return {}
+
+
+#: Pyro's compiled ELBOs (``JitTrace_ELBO`` ...): each records its first call, scales included
+_PYRO_JIT_ELBOS = tuple(getattr(pyro.infer, name) for name in dir(pyro.infer) if name.startswith("Jit"))
+
+
+def _check_objective(elbo: ELBO, structure: Structure, objective: Any) -> None:
+    """Refuse, in one line naming the site, a program the objective cannot estimate (before any particle runs)."""
+    what = f"objective={objective!r}" if isinstance(objective, str) else type(elbo).__name__
+    if getattr(elbo, "requires_local_latents", False):
+        structure.require_local(what)
+        structure.require_vectorized(what)
+    if getattr(elbo, "requires_reparameterized", False):
+        for name, reparameterized in structure.guide_latents.items():
+            if not reparameterized:
+                raise ProgramError(
+                    f"{what} needs every latent site of the guide to be reparameterized, but site {name!r} is not; "
+                    "use objective='elbo', 'graph', 'iwae' or 'rws' for non-reparameterized latents"
+                )
+
+
+def _set_data_plate(elbo: ELBO, structure: Structure) -> None:
+    """Tell an objective that weighs points (and any it wraps) which plate holds them."""
+    while elbo is not None:
+        if hasattr(elbo, "data_plate"):
+            elbo.data_plate = structure.data_plate
+        elbo = getattr(elbo, "objective", None)
 
 
 class TrainingDiverged(FloatingPointError):
@@ -161,23 +202,6 @@ def _distributed(device: torch.device) -> tuple[int, int, torch.device]:
     return torch.distributed.get_rank(), torch.distributed.get_world_size(), device
 
 
-def _inspect(programs: Programs, x: torch.Tensor, kwargs: dict) -> tuple[dict[str, torch.Tensor], int]:
-    """The unconstrained tensors of every ``pyro.param`` the pair touches (in a fixed
-    order) and the pair's plate nesting depth (so vectorized ELBOs need not guess it)."""
-    guide_trace = poutine.trace(programs.guide).get_trace(x, **kwargs)
-    model_trace = poutine.trace(poutine.replay(programs.model, trace=guide_trace)).get_trace(x, **kwargs)
-    params: dict[str, torch.Tensor] = {}
-    nesting = 0
-    for trace in (guide_trace, model_trace):
-        for name, site in trace.nodes.items():
-            if site["type"] == "param" and name not in params:
-                params[name] = site["value"].unconstrained()
-            if site["type"] == "sample":
-                dims = [-f.dim for f in site["cond_indep_stack"] if f.vectorized and f.dim is not None]
-                nesting = max([nesting, *dims])
-    return params, nesting
-
-
 def _module_param_ids(owner: Any) -> set[int]:
     return {id(p) for p in owner.parameters()} if isinstance(owner, torch.nn.Module) else set()
 
@@ -202,21 +226,38 @@ def _load_state(owner: Any, params: dict[str, torch.Tensor], state: Mapping[str,
 
 
 @torch.no_grad()
-def evaluate_elbo(obj: Any, data: Any, *, batch_size: int = 1000, num_particles: int = 1, seed: int = 0) -> float:
-    """The true ELBO (β = 1, no minibatch scaling) per data point, averaged over ``data``.
+def evaluate_elbo(obj: Any, data: Any, *, batch_size: int = 1000, num_particles: int = 1, seed: int = 0,
+                  data_plate: str | None = None) -> float:
+    """The true ELBO per data point, averaged over ``data``.
 
-    Uses common random numbers (``seed``) so that successive calls are comparable.
+    The true model is the program with every scale removed (β = 1, no
+    minibatch N/B, no ``poutine.scale`` of the program's own: a warning says
+    when one is dropped), as :func:`~pyrovae.metrics.likelihood.log_likelihood`
+    scores it.  Uses common random numbers (``seed``) so that successive calls
+    are comparable.  ``data`` and ``data_plate`` as in :func:`fit`.
     """
     programs = resolve_programs(obj)
-    x = as_tensor(data, "data")
-    device = device_of(programs.owner, x)
+    batches = as_data(data, "data")
+    validate_batch(programs, batches, "data")
+    check_positive_int("batch_size", batch_size)
+    check_positive_int("num_particles", num_particles)
+    check_positive_int("seed", seed, minimum=0)
+    device = device_of(programs.owner, batches.x)
+    kwargs = programs.kwargs(1.0)
     elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1)
     total = 0.0
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), pyro.validation_enabled(False):
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        for xb in x.split(batch_size):
-            total += elbo.loss(programs.model, programs.guide, xb.to(device))
-    return -total / x.shape[0]
+        with pyro.validation_enabled(True):
+            structure = inspect_pair(programs, batches.to(device), kwargs, data_plate=data_plate, what="evaluate_elbo")
+        truth = true_model(programs, structure, "evaluate_elbo")
+        elbo.max_plate_nesting = structure.max_plate_nesting + int(num_particles > 1)
+        torch.manual_seed(seed)
+        with pyro.validation_enabled(False):
+            for batch in batches.split(batch_size):
+                batch = batch.to(device)
+                total += elbo.loss(truth.model, truth.guide, *batch.args, **batch.kwargs, **kwargs)
+    return -total / len(batches)
 
 
 def _write_history(run_dir: Path, history: list[dict[str, float]]) -> None:
@@ -258,12 +299,17 @@ def fit(
     progress: bool = True,
     record: Mapping[str, Any] | None = None,
     jit: bool | None = None,
+    data_plate: str | None = None,
 ) -> FitResult:
     r"""Train a model/guide pair by stochastic variational inference.
 
     :param obj: a pyrovae model, any object with ``model``/``guide`` methods, or
-        a ``(model, guide)`` pair; per-point sites in ``pyro.plate("data", ...)``.
-    :param data: training data, a tensor ``(N, ...)`` or a pyrovae ``DataSet``.
+        a ``(model, guide)`` pair of Pyro programs; per-point sites in a
+        ``pyro.plate`` (any name) sized by the batch or broadcast over it.
+    :param data: training data: a tensor ``(N, ...)``, a pyrovae ``DataSet``, a
+        tuple of tensors ``(x, y)`` (model and guide called as ``model(x, y)``),
+        a dict of tensors (called as keywords) or a ``torch.utils.data.Dataset``
+        of tensors, tuples or dicts; every tensor's first dimension is the point.
     :param objective: a name in :data:`pyrovae.objectives.OBJECTIVES` or any
         :class:`pyro.infer.ELBO` instance.
     :param num_particles: samples per data point (``iwae``'s K), for named objectives.
@@ -289,6 +335,9 @@ def fit(
         that changes during training as an argument, e.g. through
         ``training_kwargs``) and raises where it cannot (under ``torchrun`` a
         rank that cannot runs eagerly instead); ``False`` never compiles.
+    :param data_plate: the name of the per-point plate, where the program has
+        several plates sized by the batch (otherwise it is found: the plate
+        around the observed sites whose size follows the batch).
     :returns: a :class:`FitResult`.
 
     Example::
@@ -298,13 +347,15 @@ def fit(
     """
     # ------------------------------------------------------------ validation
     programs = resolve_programs(obj)
-    x = as_tensor(data, "data")
+    train = as_data(data, "data")
     epoch_view = getattr(data, "epoch_view", None)  # data redrawn each epoch (dynamic binarization)
-    validate_data(programs, x, "data")
-    x_valid = None
+    validate_batch(programs, train, "data")
+    valid = None
     if valid_data is not None:
-        x_valid = as_tensor(valid_data, "valid_data")
-        validate_data(programs, x_valid, "valid_data")
+        valid = as_data(valid_data, "valid_data")
+        validate_batch(programs, valid, "valid_data")
+    if "kl_weight" in train.kwargs:
+        raise ValueError("data key 'kl_weight' clashes with the keyword argument fit passes to model and guide")
     check_positive_int("epochs", epochs)
     check_positive_int("batch_size", batch_size)
     check_positive_int("seed", seed, minimum=0)
@@ -339,10 +390,10 @@ def fit(
     rank, world, device = _distributed(device)
     if isinstance(programs.owner, torch.nn.Module):
         programs.owner.to(device)
-    x = x.to(device)
-    if x_valid is not None:
-        x_valid = x_valid.to(device)
-    num_data = x.shape[0]
+    train = train.to(device)
+    if valid is not None:
+        valid = valid.to(device)
+    num_data = len(train)
     set_num_data = getattr(programs.owner, "set_num_data", None)
     if callable(set_num_data):  # e.g. β-TCVAE's minibatch estimators of q(z) need the data set's size
         set_num_data(num_data)
@@ -356,16 +407,29 @@ def fit(
             if settings.get(key, now) != now:
                 raise ValueError(f"Cannot resume {run_dir}: it was trained with {key}={settings[key]}, now {now}")
     pyro.set_rng_seed(seed)
-    scaler = plate_scale("data", 1.0)
-    model, guide = scaler(programs.model), scaler(programs.guide)
     with pyro.validation_enabled(True):
-        # one validated pass on a small batch: Pyro's own shape and support checks, once
-        params, nesting = _inspect(programs, x[: min(num_data, 4)], programs.kwargs(schedule(0), 0))
+        # plain traces on a few points, with Pyro's own shape and support checks: the program's
+        # structure (its per-point plate, latents, parameters) before any particle or loss runs
+        structure = inspect_pair(programs, train, programs.kwargs(schedule(0), 0), data_plate=data_plate, what="fit")
+        _check_objective(elbo, structure, objective)
+        _set_data_plate(elbo, structure)
+        scaler = plate_scale(structure.data_plate, 1.0)
+        model, guide = scaler(programs.model), scaler(programs.guide)
         if math.isinf(getattr(elbo, "max_plate_nesting", 0)):  # as Pyro would guess, without the log line
-            elbo.max_plate_nesting = nesting + int(bool(getattr(elbo, "vectorize_particles", False)))
-        elbo.loss(model, guide, x[: min(num_data, 4)], **programs.kwargs(schedule(0), 0))
+            elbo.max_plate_nesting = structure.max_plate_nesting + int(bool(getattr(elbo, "vectorize_particles", False)))
+        small = train.index(slice(0, min(num_data, 4)))
+        elbo.loss(model, guide, *small.args, **small.kwargs, **programs.kwargs(schedule(0), 0))
+    params = structure.params
     if not params:
         raise ValueError("The model and guide define no parameters (pyro.param or pyro.module): nothing to train")
+    drop_short = isinstance(elbo, _PYRO_JIT_ELBOS) and num_data % (batch_size * world) != 0 and num_data > batch_size * world
+    if drop_short:
+        warnings.warn(
+            f"{type(elbo).__name__} records the first minibatch's scale N/B into its compiled trace, so fit drops "
+            f"each epoch's short last minibatch ({num_data % batch_size} of {num_data} points; a different random "
+            "subset every epoch) instead of scoring it at the wrong scale",
+            stacklevel=2,
+        )
     step_objective: ELBO = elbo
     eager_reason = "jit=False" if jit is False else "the parameters are not held by one torch.nn.Module"
     if jit is not False and isinstance(programs.owner, torch.nn.Module):
@@ -393,6 +457,8 @@ def fit(
     ddp = _data_parallel(programs, step_objective, model, guide, params, aux_params, device) if world > 1 else None
 
     steps_per_epoch = math.ceil(math.ceil(num_data / world) / batch_size)
+    if drop_short:
+        steps_per_epoch = math.ceil(num_data / world) // batch_size
     step, epoch, batch_index, history = 0, 0, 0, []
     sums = {"loss": 0.0, "count": 0}
     if checkpoint is not None:
@@ -445,24 +511,27 @@ def fit(
         with pyro.validation_enabled(False):
             while epoch < epochs:
                 if callable(epoch_view):  # a pure function of (seed, epoch): resumes and ranks agree
-                    x = epoch_view(epoch).to(device)
+                    train = train.replace_x(epoch_view(epoch).to(device))
                 order = torch.randperm(num_data, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
                 if world > 1:  # equal shards, padded by wrapping around, as DistributedSampler does
                     order = torch.cat([order, order[: (-num_data) % world]])[rank::world]
                 batches = order.to(device).split(batch_size)
+                if drop_short:
+                    batches = batches[:steps_per_epoch]
                 while batch_index < len(batches):
-                    xb = x[batches[batch_index]]
+                    xb = train.index(batches[batch_index])
                     weight = schedule(step)
-                    scaler.scale = num_data / xb.shape[0]  # N / B on each rank; averaging over ranks keeps it unbiased
+                    scaler.scale = num_data / len(xb)  # N / B on each rank; averaging over ranks keeps it unbiased
                     optim.zero_grad(set_to_none=True)
                     if ddp is not None:  # DDP averages the gradients during backward; then the loss
-                        loss_tensor, surrogate = ddp(xb, **programs.kwargs(weight, step))
+                        loss_tensor, surrogate = ddp(*xb.args, **xb.kwargs, **programs.kwargs(weight, step))
                         surrogate.backward()
                         loss_tensor = loss_tensor.detach().reshape(1).clone()
                         torch.distributed.all_reduce(loss_tensor)
                         loss = float(loss_tensor) / world
                     else:
-                        loss = step_objective.loss_and_grads(model, guide, xb, **programs.kwargs(weight, step))
+                        loss = step_objective.loss_and_grads(model, guide, *xb.args, **xb.kwargs,
+                                                             **programs.kwargs(weight, step))
                         if world > 1:  # one all-reduce: gradients and the loss, so every rank sees a NaN anywhere
                             loss = _average_gradients(all_params, world, loss)
                     if not math.isfinite(loss):
@@ -475,7 +544,7 @@ def fit(
                     optim.step()
                     if aux_optim is not None:
                         aux_optim.zero_grad(set_to_none=True)
-                        terms = aux_loss(xb)
+                        terms = aux_loss(*xb.args, **xb.kwargs)
                         terms["loss"].backward()
                         if world > 1:
                             _average_gradients(aux_params, world)
@@ -495,8 +564,8 @@ def fit(
                 row = {"epoch": epoch + 1, "step": step, "train_loss": sums["loss"] / count,
                        "kl_weight": schedule(step - 1)}
                 row.update({k: v / count for k, v in sums.items() if k.startswith("aux_")})
-                if x_valid is not None and rank == 0:
-                    row["valid_elbo"] = evaluate_elbo(obj, x_valid, seed=seed)
+                if valid is not None and rank == 0:
+                    row["valid_elbo"] = evaluate_elbo(obj, valid, seed=seed, data_plate=structure.data_plate)
                 row["seconds"] = seconds_before + time.perf_counter() - start
                 history.append(row)
                 epoch, batch_index, sums = epoch + 1, 0, {"loss": 0.0, "count": 0}
@@ -520,8 +589,8 @@ class _ObjectiveModule(torch.nn.Module):
         self.owner = owner
         self._loss_and_surrogate, self._model, self._guide = loss_and_surrogate, model, guide
 
-    def forward(self, x: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._loss_and_surrogate(self._model, self._guide, x, **kwargs)
+    def forward(self, *args: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._loss_and_surrogate(self._model, self._guide, *args, **kwargs)
 
 
 def _data_parallel(programs: Programs, objective: ELBO, model: Callable, guide: Callable,

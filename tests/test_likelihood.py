@@ -211,7 +211,7 @@ def test_global_latent_is_refused_by_name():
     def guide(x):
         pyro.sample("w", dist.Normal(0.0, 1.0))
 
-    with pytest.raises(ValueError, match=r"latent site 'w' is outside it \(a global latent"):
+    with pytest.raises(ValueError, match=r"the model's site 'w' lies outside it \(a global latent"):
         log_likelihood((model, guide), data(4), num_samples=5)
 
 
@@ -219,7 +219,7 @@ def test_global_latent_is_refused_by_name():
     "programs, message",
     [
         ((lambda x: pyro.sample("x", dist.Normal(0.0, 1.0).expand(x.shape).to_event(2), obs=x), lambda x: None),
-         "observed site 'x' is outside it"),
+         "No per-point plate found: no pyro.plate around the observed site 'x'"),
         ((LG.model, lambda x: None), r"latent sites \['z'\] have no site in the guide"),
     ],
     ids=["observed-outside-plate", "latent-without-proposal"],

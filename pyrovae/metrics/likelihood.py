@@ -26,14 +26,18 @@ bounds :math:`\mathcal L_k = \mathbb E \log \frac1k \sum_{i \le k} w_i`, with
 
 What "per point" needs
     Any model/guide pair whose per-point sites are in a vectorized
-    ``pyro.plate("data", ...)`` works, not only pyrovae's models: the weights
+    ``pyro.plate`` works, not only pyrovae's models: the plate is found from a
+    trace of the program, whatever its name (sized by the batch, or broadcast
+    over it; ``data_plate=`` names it where several qualify), and the weights
     come from Pyro's traces (the guide traced under a vectorized particle plate,
     the model replayed against it, each site's ``log_prob``), never from
-    densities written per model.  :math:`p(x) = \prod_n p(x_n)` holds, so
-    :math:`\log p(x_n)` exists, when **every sample site is inside the data
-    plate**: a latent outside it (a global latent) couples all points, and a
-    pair with one is refused, naming the site.  Each site's log-prob is summed
-    over every dimension except the particle and data dimensions (inner plates,
+    densities written per model.  Data may be several tensors, ``(x, y)``: the
+    estimate is then the conditional :math:`\log p(x_n \mid y_n)`.
+    :math:`p(x) = \prod_n p(x_n)` holds, so :math:`\log p(x_n)` exists, when
+    **every sample site is inside the per-point plate**: a latent outside it (a
+    global latent) couples all points, and a pair with one is refused, naming
+    the site, before any sample is drawn.  Each site's log-prob is summed over
+    every dimension except the particle and data dimensions (inner plates,
     event dimensions), so a point's weight is its own, not the batch's joint:
     ``pyro.infer.Importance`` and ``vectorized_importance_weights`` weight the
     joint of everything passed in (a batch's joint likelihood, ESS near 1).
@@ -41,8 +45,10 @@ What "per point" needs
 The true model
     Model and guide are called without training arguments (``kl_weight=1``
     where they take one, and no ``training_kwargs``), and every site's
-    ``poutine.scale`` is left out: β, capacities, annealing and the minibatch's
-    N/B are training devices and never enter the estimate.  Masks are kept: a
+    ``poutine.scale`` is left out: β, capacities, annealing, the minibatch's
+    N/B and a scale the program sets itself are training devices and never
+    enter the estimate (:func:`pyrovae.programs.true_model`, the rule every
+    evaluation follows; a warning says when a program's own scale is dropped).  Masks are kept: a
     masked site (a missing pixel, say) is not scored, as in Pyro.  A module is
     put in ``eval()`` mode for the evaluation and restored after.
 
@@ -94,10 +100,21 @@ from typing import Any
 import pyro
 import torch
 from pyro import poutine
-from pyro.distributions.util import scale_and_mask
-from pyro.poutine.util import site_is_subsample
 
-from pyrovae.programs import Programs, as_tensor, check_positive_int, device_of, resolve_programs, validate_data
+from pyrovae.programs import (
+    Data,
+    PointLayout,
+    ProgramError,
+    Programs,
+    Structure,
+    as_data,
+    check_positive_int,
+    device_of,
+    inspect_pair,
+    resolve_programs,
+    true_model,
+    validate_batch,
+)
 
 __all__ = ["DEFAULT_BOUNDS", "ROWS_PER_CALL", "BoundResult", "LogLikelihoodResult", "iwae_bound", "log_likelihood"]
 
@@ -109,7 +126,6 @@ DEFAULT_BOUNDS = (1, 10, 100)
 _DEFAULT_BATCH_SIZE = 128
 #: the vectorized plate over importance samples, left of every plate of the pair
 _PARTICLES = "_importance_particles"
-_DATA = "data"
 
 
 # ----------------------------------------------------------------- results
@@ -209,13 +225,15 @@ def log_likelihood(
     chunk_size: int | None = None,
     bounds: Sequence[int] | None = None,
     seed: int | None = 0,
+    data_plate: str | None = None,
 ) -> LogLikelihoodResult:
     r"""Estimate :math:`\log p(x_n)` for every data point by importance sampling with the guide.
 
     :param vae_or_pair: a pyrovae model, any object with ``model``/``guide``
-        methods, or a ``(model, guide)`` pair, per-point sites in
-        ``pyro.plate("data", ...)`` and no latent outside it.
-    :param data: a tensor ``(N, ...)`` or a pyrovae ``DataSet``.
+        methods, or a ``(model, guide)`` pair, per-point sites in a vectorized
+        ``pyro.plate`` (found by its size) and no latent outside it.
+    :param data: a tensor ``(N, ...)``, a pyrovae ``DataSet``, or several tensors
+        as :func:`pyrovae.fit` takes them (``(x, y)``: the conditional log p(x | y)).
     :param num_samples: K, importance samples per point.
     :param batch_size: points per model call (default: 128, or ``ROWS_PER_CALL // chunk_size``).
     :param chunk_size: samples per model call (default: ``ROWS_PER_CALL // batch_size``).
@@ -223,8 +241,9 @@ def log_likelihood(
         same samples, each ``<= num_samples`` (default: those of 1, 10, 100 that fit).
     :param seed: seeds the samples (common random numbers across calls) without
         touching the global RNG; ``None`` draws from the global RNG.
+    :param data_plate: the per-point plate's name, where several plates follow the batch.
     :returns: a :class:`LogLikelihoodResult`.
-    :raises ValueError: for a pair with a site outside the ``"data"`` plate,
+    :raises ValueError: for a pair with a site outside the per-point plate,
         or a latent site that the guide does not propose.
 
     Example::
@@ -239,7 +258,7 @@ def log_likelihood(
     for k in bounds:
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= num_samples:
             raise ValueError(f"Expected every bound's k to be an int in [1, num_samples={num_samples}], got {k!r}")
-    estimates = _estimate(vae_or_pair, data, num_samples, batch_size, chunk_size, bounds, True, seed)
+    estimates = _estimate(vae_or_pair, data, num_samples, batch_size, chunk_size, bounds, True, seed, data_plate)
     return LogLikelihoodResult(
         log_px=estimates["log_px"],
         stderr=estimates["stderr"],
@@ -260,6 +279,7 @@ def iwae_bound(
     batch_size: int | None = None,
     chunk_size: int | None = None,
     seed: int | None = 0,
+    data_plate: str | None = None,
 ) -> BoundResult:
     r"""The IWAE-:math:`k` bound :math:`\mathbb E \log \frac1k \sum_{i \le k} w_i` per data point.
 
@@ -274,7 +294,7 @@ def iwae_bound(
     """
     check_positive_int("k", k)
     check_positive_int("num_estimates", num_estimates)
-    estimates = _estimate(vae_or_pair, data, k * num_estimates, batch_size, chunk_size, (k,), False, seed)
+    estimates = _estimate(vae_or_pair, data, k * num_estimates, batch_size, chunk_size, (k,), False, seed, data_plate)
     return estimates["bounds"][k]
 
 
@@ -288,13 +308,12 @@ def _estimate(
     bounds: tuple[int, ...],
     with_khat: bool,
     seed: int | None,
+    data_plate: str | None,
 ) -> dict[str, Any]:
     """Per-point results over ``data``: batches of points, each through chunks of samples."""
     programs = resolve_programs(obj)
-    x = as_tensor(data, "data")
-    validate_data(programs, x, "data")
-    if x.dim() < 1 or x.shape[0] < 1:
-        raise ValueError(f"Expected data of shape (N, ...) with N >= 1, got {tuple(x.shape)}")
+    points = as_data(data, "data")
+    validate_batch(programs, points, "data")
     for name, value in (("batch_size", batch_size), ("chunk_size", chunk_size)):
         if value is not None:
             check_positive_int(name, value)
@@ -302,23 +321,25 @@ def _estimate(
         check_positive_int("seed", seed, minimum=0)
     if batch_size is None:
         batch_size = _DEFAULT_BATCH_SIZE if chunk_size is None else max(1, ROWS_PER_CALL // chunk_size)
-    device = device_of(programs.owner, x)
+    device = device_of(programs.owner, points.x)
     kwargs = programs.kwargs(1.0)  # the true model: β = 1, no training_kwargs
 
     batches = []
     with _evaluating(programs.owner, device, seed):
-        layout = None
-        for xb in x.split(batch_size):
-            xb = xb.to(device)
-            if layout is None:  # Pyro's own checks, once, on the first batch
-                with pyro.validation_enabled(True):
-                    layout = _Layout.of(programs, xb, kwargs)
-            chunk = min(num_samples, chunk_size or max(1, ROWS_PER_CALL // xb.shape[0]))
+        with pyro.validation_enabled(True):  # Pyro's own checks and the program's structure, once
+            structure = inspect_pair(programs, points.index(slice(0, batch_size)).to(device), kwargs,
+                                     data_plate=data_plate, what="log_likelihood")
+        _check_factorises(structure)
+        truth = true_model(programs, structure, "log_likelihood")
+        layout = _Layout(structure.max_plate_nesting, structure.data_plate)
+        for batch in points.split(batch_size):
+            batch = batch.to(device)
+            chunk = min(num_samples, chunk_size or max(1, ROWS_PER_CALL // len(batch)))
             with pyro.validation_enabled(False):
-                batches.append(_estimate_batch(layout, programs, xb, kwargs, num_samples, chunk, bounds, with_khat))
+                batches.append(_estimate_batch(layout, truth, batch, kwargs, num_samples, chunk, bounds, with_khat))
 
     out: dict[str, Any] = {name: torch.cat([b[name] for b in batches]) for name in batches[0] if name != "bounds"}
-    out["event_numel"] = math.prod(x.shape[1:])
+    out["event_numel"] = math.prod(points.x.shape[1:])
     out["bounds"] = {
         k: BoundResult(
             value=torch.cat([b["bounds"][k][0] for b in batches]),
@@ -334,7 +355,7 @@ def _estimate(
 def _estimate_batch(
     layout: _Layout,
     programs: Programs,
-    xb: torch.Tensor,
+    xb: Data,
     kwargs: dict[str, Any],
     num_samples: int,
     chunk: int,
@@ -344,7 +365,7 @@ def _estimate_batch(
     """One batch of points: log-weights chunk by chunk into one CPU float64 buffer, then reduced per point."""
     # The buffer holds K numbers per point (k-hat needs them all), never a decoder output;
     # allocated once, so the chunks' large temporaries do not fragment the heap around it.
-    log_w = torch.empty(num_samples, xb.shape[0], dtype=torch.float64)
+    log_w = torch.empty(num_samples, len(xb), dtype=torch.float64)
     for start in range(0, num_samples, chunk):
         part = layout.log_weights(programs, xb, min(chunk, num_samples - start), kwargs)
         log_w[start : start + part.shape[0]] = part
@@ -375,76 +396,53 @@ def _evaluating(owner: Any, device: torch.device, seed: int | None) -> Iterator[
             module.train(was_training)
 
 
+def _check_factorises(structure: Structure) -> None:
+    """Refuse, naming the site, a program whose :math:`\\log p(x)` is not a sum of per-point terms."""
+    what = "log p(x_n) per data point"
+    structure.require_vectorized(what)
+    if structure.global_latents:
+        raise ProgramError(
+            f"{what} needs every latent site inside the per-point plate {structure.data_plate!r}, but the model's "
+            f"site {structure.global_latents[0]!r} lies outside it (a global latent: it couples all points, so p(x) "
+            "does not factorise over them; make it a parameter or estimate the joint likelihood yourself)"
+        )
+    if structure.outside_observed:
+        raise ProgramError(
+            f"{what}: the model's observed site {structure.outside_observed[0]!r} lies outside the per-point plate "
+            f"{structure.data_plate!r}, so its term belongs to no single point"
+        )
+    if structure.enumerated:
+        raise ProgramError(
+            f"{what}: the model's site {structure.enumerated[0]!r} is marked for enumeration and has no guide site; "
+            "summing it out exactly is not supported yet: propose it in the guide"
+        )
+    unproposed = sorted(set(structure.local_latents) - set(structure.guide_latents))
+    if unproposed:
+        raise ProgramError(f"The model's latent sites {unproposed} have no site in the guide to propose them")
+    extra = sorted(set(structure.guide_latents) - set(structure.local_latents))
+    if extra:
+        raise ProgramError(f"The guide's latent sites {extra} are not in the model")
+
+
 @dataclasses.dataclass(frozen=True)
 class _Layout:
-    """Where a pair's sites keep the particle and data dimensions.
-
-    Every site's log-prob, left-padded to ``max_plate_nesting + 1`` batch
-    dimensions, has particles at dimension 0 and data points at ``data_dim``.
-    """
+    """How to vectorize a pair over importance samples: a particle plate left of every plate."""
 
     max_plate_nesting: int
-    data_dim: int
+    data_plate: str
 
-    @classmethod
-    def of(cls, programs: Programs, xb: torch.Tensor, kwargs: dict[str, Any]) -> _Layout:
-        """Trace the pair once on ``xb``; refuse sites that belong to no single data point."""
-        guide_trace = poutine.trace(programs.guide).get_trace(xb, **kwargs)
-        model_trace = poutine.trace(poutine.replay(programs.model, trace=guide_trace)).get_trace(xb, **kwargs)
-        nesting, data_dims = 0, set()
-        latents: dict[str, set[str]] = {}
-        for program, trace in (("model", model_trace), ("guide", guide_trace)):
-            latents[program] = set()
-            for site in _sample_sites(trace):
-                name = site["name"]
-                if not site["is_observed"]:
-                    latents[program].add(name)
-                kind = "observed" if site["is_observed"] else "latent"
-                frames = {f.name: f for f in site["cond_indep_stack"]}
-                nesting = max([nesting] + [-f.dim for f in frames.values() if f.vectorized])
-                frame = frames.get(_DATA)
-                if frame is None:
-                    raise ValueError(
-                        f"log p(x_n) per data point needs every sample site inside pyro.plate({_DATA!r}, ...), "
-                        f"but the {program}'s {kind} site {name!r} is outside it"
-                        + (" (a global latent: it couples all points, so p(x) does not factorise over them; "
-                           "make it a parameter or estimate the joint likelihood yourself)" if kind == "latent" else "")
-                    )
-                if not frame.vectorized:
-                    raise ValueError(
-                        f"The {program}'s site {name!r} is in a sequential pyro.plate({_DATA!r}); "
-                        f"use it vectorized: `with pyro.plate({_DATA!r}, x.shape[0]):`"
-                    )
-                if frame.size != xb.shape[0]:
-                    raise ValueError(
-                        f"pyro.plate({_DATA!r}) has size {frame.size} for a batch of {xb.shape[0]} points; "
-                        "size it by the data argument (x.shape[0]) and do not subsample it"
-                    )
-                data_dims.add(frame.dim)
-        if not data_dims:
-            raise ValueError(f"The model and guide have no sample site inside pyro.plate({_DATA!r}, ...)")
-        if len(data_dims) > 1:
-            raise ValueError(f"pyro.plate({_DATA!r}) sits at different dimensions in different sites: {sorted(data_dims)}")
-        unproposed = sorted(latents["model"] - latents["guide"])
-        if unproposed:
-            raise ValueError(f"The model's latent sites {unproposed} have no site in the guide to propose them")
-        extra = sorted(latents["guide"] - latents["model"])
-        if extra:
-            raise ValueError(f"The guide's latent sites {extra} are not in the model")
-        return cls(max_plate_nesting=nesting, data_dim=data_dims.pop())
-
-    def log_weights(self, programs: Programs, xb: torch.Tensor, num: int, kwargs: dict[str, Any]) -> torch.Tensor:
+    def log_weights(self, programs: Programs, xb: Data, num: int, kwargs: dict[str, Any]) -> torch.Tensor:
         """``(num, B)``: :math:`\\log p(x_n, z_{nk}) - \\log q(z_{nk} \\mid x_n)` from one vectorized pass.
 
         As ``pyro.infer.Importance`` does, but under a particle plate: the guide
-        traced, the model replayed against it, each site scored.
+        traced, the model replayed against it, each site scored (masked, never scaled)
+        per point by :class:`pyrovae.programs.PointLayout`.
         """
-        guide_trace = poutine.trace(self._vectorize(programs.guide, num)).get_trace(xb, **kwargs)
+        guide_trace = poutine.trace(self._vectorize(programs.guide, num)).get_trace(*xb.args, **xb.kwargs, **kwargs)
         model = poutine.replay(self._vectorize(programs.model, num), trace=guide_trace)
-        model_trace = poutine.trace(model).get_trace(xb, **kwargs)
-        log_p = sum(self._per_point(site, num, xb.shape[0]) for site in _sample_sites(model_trace))
-        log_q = sum(self._per_point(site, num, xb.shape[0]) for site in _sample_sites(guide_trace))
-        return log_p - log_q
+        model_trace = poutine.trace(model).get_trace(*xb.args, **xb.kwargs, **kwargs)
+        points = PointLayout.of(model_trace, guide_trace, self.data_plate, _PARTICLES)
+        return points.log_density(model_trace, scaled=False) - points.log_density(guide_trace, scaled=False)
 
     def _vectorize(self, fn: Callable, num: int) -> Callable:
         def vectorized(*args: Any, **kwargs: Any) -> Any:
@@ -452,28 +450,6 @@ class _Layout:
                 return fn(*args, **kwargs)
 
         return vectorized
-
-    def _per_point(self, site: dict[str, Any], num: int, batch: int) -> torch.Tensor:
-        """The site's log-prob, masked but not scaled, summed over all but the particle and data dimensions."""
-        log_p = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
-        log_p = torch.as_tensor(scale_and_mask(log_p, 1.0, site["mask"]))
-        width = self.max_plate_nesting + 1
-        if log_p.dim() > width:
-            raise ValueError(
-                f"Site {site['name']!r} has batch shape {tuple(log_p.shape)} with more dimensions than its "
-                f"plates; declare the extra dimensions as an event with .to_event()"
-            )
-        log_p = log_p.reshape((1,) * (width - log_p.dim()) + tuple(log_p.shape))
-        data = width + self.data_dim
-        others = [d for d in range(1, width) if d != data]
-        if others:
-            log_p = log_p.sum(others, keepdim=True)
-        return log_p.reshape(log_p.shape[0], log_p.shape[data]).expand(num, batch)
-
-
-def _sample_sites(trace: poutine.Trace) -> Iterator[dict[str, Any]]:
-    """The sample sites of a trace, without plates' subsample sites."""
-    return (site for site in trace.nodes.values() if site["type"] == "sample" and not site_is_subsample(site))
 
 
 # ------------------------------------------------------------ reductions

@@ -50,10 +50,12 @@ from pyro.infer.util import is_validation_enabled
 from pyro.poutine.trace_struct import Trace
 from pyro.util import check_if_enumerated, warn_if_nan
 
+from pyrovae.programs import PYRO_PARTICLES, PointLayout, ProgramError, find_data_plate
+
 __all__ = ["ImportanceELBO", "LogWeights", "param_leaves"]
 
 #: the particle plate Pyro's ELBO adds when it vectorizes particles
-PARTICLE_PLATE = "num_particles_vectorized"
+PARTICLE_PLATE = PYRO_PARTICLES
 
 
 @dataclasses.dataclass
@@ -103,7 +105,9 @@ class ImportanceELBO(ELBO):
     :param num_particles: :math:`K`, particles per data point.
     :param alpha: the Rényi order :math:`\alpha` (1 = ELBO, 0 = IWAE).
     :param max_plate_nesting: as in :class:`pyro.infer.ELBO` (``fit`` sets it).
-    :param plate: the name of the data plate.
+    :param data_plate: the name of the per-point plate; ``None`` (default) finds it
+        in each trace (the plate around the observed sites whose size is the
+        batch's, :func:`pyrovae.programs.find_data_plate`); ``fit`` sets it once.
     """
 
     #: capability flags, for callers that must not ask a class's name: every latent
@@ -119,7 +123,7 @@ class ImportanceELBO(ELBO):
         *,
         alpha: float = 1.0,
         max_plate_nesting: float = float("inf"),
-        plate: str = "data",
+        data_plate: str | None = None,
     ) -> None:
         if not isinstance(num_particles, int) or isinstance(num_particles, bool) or num_particles < 1:
             raise ValueError(f"Expected num_particles to be an int >= 1, got {num_particles!r}")
@@ -127,7 +131,7 @@ class ImportanceELBO(ELBO):
             raise ValueError(f"Expected alpha to be a finite number, got {alpha!r}")
         super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting, vectorize_particles=True)
         self.alpha = float(alpha)
-        self.plate = plate
+        self.data_plate = data_plate
 
     # ------------------------------------------------------------- traces
     def _get_trace(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> tuple[Trace, Trace]:
@@ -140,14 +144,32 @@ class ImportanceELBO(ELBO):
 
     def _draw(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> LogWeights:
         model_trace, guide_trace = next(self._get_traces(model, guide, args, kwargs))
-        layout = _Layout.of(model_trace, guide_trace, self.plate)
-        log_p = sum((layout.per_point(s["log_prob"]) for s in _samples(model_trace)), layout.zeros())
-        log_q = sum((layout.per_point(s["log_prob"]) for s in _samples(guide_trace)), layout.zeros())
+        plate = self._plate(model_trace, guide_trace, args, kwargs)
+        layout = PointLayout.of(model_trace, guide_trace, plate, PARTICLE_PLATE)
+        log_p = layout.log_density(model_trace, scaled=True)
+        log_q = layout.log_density(guide_trace, scaled=True)
         score = sum(
             (layout.per_point(s["score_parts"].score_function) for s in _samples(guide_trace)), layout.zeros()
         )
-        c = layout.scale(model_trace)
+        c = _minibatch_scale(model_trace, plate)
         return LogWeights(log_p / c, log_q / c, score / c, c, model_trace, guide_trace)
+
+    def _plate(self, model_trace: Trace, guide_trace: Trace, args: tuple, kwargs: dict) -> str:
+        """The per-point plate: as set (by ``fit``), else found in this trace by the batch's size."""
+        if self.data_plate is not None:
+            return self.data_plate
+        found = getattr(self, "_found_plates", {})
+        key = tuple(model_trace.nodes)  # the program, by its sites
+        if key not in found:  # found once per program, as Pyro's ELBO guesses max_plate_nesting once
+            tensors = [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor) and t.dim() > 0]
+            if not tensors:
+                raise ProgramError(
+                    "Cannot tell the per-point plate: the programs take no tensor argument whose first dimension "
+                    "is the batch; pass data_plate=NAME"
+                )
+            found[key] = find_data_plate(model_trace, guide_trace, int(tensors[0].shape[0]))
+            self._found_plates = found
+        return found[key]
 
     def log_weights(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
         """The unscaled per-point log weights :math:`\\log w_{n,k}`, shape ``(K, B)``, with gradients."""
@@ -243,7 +265,8 @@ class ImportanceELBO(ELBO):
         guide is rerun conditioned on all detached values.
         """
         latents = self._latent_sites(w.guide_trace)
-        layout = _Layout.of(w.model_trace, w.guide_trace, self.plate)
+        layout = PointLayout.of(w.model_trace, w.guide_trace, self._plate(w.model_trace, w.guide_trace, args, kwargs),
+                                PARTICLE_PLATE)
         total = layout.zeros()
         if len(latents) <= 1:
             for site in latents:
@@ -276,106 +299,37 @@ def param_leaves(trace: Trace) -> dict[str, torch.Tensor]:
     return out
 
 
-@dataclasses.dataclass
-class _Layout:
-    """Where the particle and data dims sit, and the batch size."""
+def _minibatch_scale(model_trace: Trace, plate: str) -> float | torch.Tensor:
+    """The common scale of the observations in the data plate (1 without any).
 
-    plate: str
-    particle_dim: int | None
-    data_dim: int | None
-    num_particles: int
-    batch: int
-    ndim: int
-    like: torch.Tensor
-
-    @classmethod
-    def of(cls, model_trace: Trace, guide_trace: Trace, plate: str) -> "_Layout":
-        sites = [(s, t) for t in (model_trace, guide_trace) for s in _samples(t)]
-        particle_dim = data_dim = None
-        num_particles, batch, ndim = 1, 1, 0
-        inside, outside = [], []
-        like = torch.zeros(())
-        for site, _ in sites:
-            frames = {f.name: f for f in site["cond_indep_stack"]}
-            if torch.is_tensor(site.get("log_prob")) and site["log_prob"].is_floating_point():
-                like = site["log_prob"]
-            if plate in frames and not frames[plate].vectorized:
+    ``pyro.factor`` terms (``Unit`` sites) count only when there is no other
+    observation; otherwise a factor's own extra scale (a β, say) stays inside
+    the weight like a latent site's.
+    """
+    observed = [
+        site for site in _samples(model_trace)
+        if site["is_observed"]
+        and any(f.name == plate for f in site["cond_indep_stack"])
+    ]
+    data = [site for site in observed if not isinstance(site["fn"], Unit)] or observed
+    if torch._C._get_tracing_state() is not None:
+        # While Compiled records a step, plate scales are tensors computed from traced sizes;
+        # the eager pass before compiling has already checked that they agree.
+        return next((site["scale"] for site in data), 1.0)
+    scales = {}
+    for site in data:
+        s = site["scale"]
+        if torch.is_tensor(s):
+            if s.numel() != 1:
                 raise ValueError(
-                    f"Importance-weighted objectives need a vectorized plate {plate!r} (pyro.plate used as a "
-                    f"context), but site {site['name']!r} is in a sequential one"
+                    f"Importance-weighted objectives need a numeric scale at observed site {site['name']!r}, "
+                    f"got a tensor of shape {tuple(s.shape)}"
                 )
-            ndim = max([ndim, *(-f.dim for f in frames.values() if f.vectorized and f.dim is not None)])
-            if PARTICLE_PLATE in frames:
-                particle_dim = frames[PARTICLE_PLATE].dim
-                num_particles = frames[PARTICLE_PLATE].size
-            (inside if plate in frames else outside).append(site["name"])
-            if plate in frames:
-                data_dim = frames[plate].dim
-                size = frames[plate].size  # the minibatch: the plate's (subsample) size
-                if isinstance(size, int) and size < 0:  # pyro.plate(name, dim=...) without a size
-                    lp = site.get("log_prob")
-                    if torch.is_tensor(lp) and lp.dim() >= -data_dim:
-                        batch = max(batch, lp.shape[data_dim])
-                else:  # a tensor while tracing: no Python comparison on it
-                    batch = size
-        if inside and outside:
-            raise ValueError(
-                f"Importance-weighted objectives need every sample site inside the plate {plate!r} "
-                f"(latents local to a data point), but site {outside[0]!r} lies outside it; "
-                "for global latents use objective='elbo' or 'graph'"
-            )
-        return cls(plate, particle_dim, data_dim, num_particles, batch, ndim, like)
-
-    def zeros(self) -> torch.Tensor:
-        return self.like.new_zeros((self.num_particles, self.batch))
-
-    def per_point(self, tensor: Any) -> torch.Tensor:
-        """Sum a site's batch-shaped tensor over every dim but particles and data: ``(K, B)``."""
-        if not torch.is_tensor(tensor):
-            return self.zeros() + tensor
-        if tensor.dim() == 0:
-            # a scalar term inside a plate stands for every element (zero, or masked)
-            return tensor.expand(self.num_particles, self.batch)
-        t = tensor.reshape((1,) * max(0, self.ndim - tensor.dim()) + tuple(tensor.shape))
-        keep = {d % t.dim() for d in (self.particle_dim, self.data_dim) if d is not None and -d <= t.dim()}
-        other = [d for d in range(t.dim()) if d not in keep]
-        if other:
-            t = t.sum(other, keepdim=True)
-        k = t.shape[self.particle_dim] if self.particle_dim is not None else 1
-        b = t.shape[self.data_dim] if self.data_dim is not None else 1
-        return t.reshape(k, b).expand(self.num_particles, self.batch)
-
-    def scale(self, model_trace: Trace) -> float | torch.Tensor:
-        """The common scale of the observations in the data plate (1 without any).
-
-        ``pyro.factor`` terms (``Unit`` sites) count only when there is no other
-        observation; otherwise a factor's own extra scale (a β, say) stays inside
-        the weight like a latent site's.
-        """
-        observed = [
-            site for site in _samples(model_trace)
-            if site["is_observed"]
-            and (self.data_dim is None or any(f.name == self.plate for f in site["cond_indep_stack"]))
-        ]
-        data = [site for site in observed if not isinstance(site["fn"], Unit)] or observed
-        if torch._C._get_tracing_state() is not None:
-            # While Compiled records a step, plate scales are tensors computed from traced sizes;
-            # the eager pass before compiling has already checked that they agree.
-            return next((site["scale"] for site in data), 1.0)
-        scales = {}
-        for site in data:
-            s = site["scale"]
-            if torch.is_tensor(s):
-                if s.numel() != 1:
-                    raise ValueError(
-                        f"Importance-weighted objectives need a numeric scale at observed site {site['name']!r}, "
-                        f"got a tensor of shape {tuple(s.shape)}"
-                    )
-                s = float(s)
-            scales[site["name"]] = float(s)
-        if len(set(scales.values())) > 1:
-            raise ValueError(
-                f"Observed sites in the plate {self.plate!r} carry different scales {scales}; "
-                "importance-weighted objectives read the minibatch scale from them, so they must agree"
-            )
-        return next(iter(scales.values()), 1.0)
+            s = float(s)
+        scales[site["name"]] = float(s)
+    if len(set(scales.values())) > 1:
+        raise ValueError(
+            f"Observed sites in the plate {plate!r} carry different scales {scales}; "
+            "importance-weighted objectives read the minibatch scale from them, so they must agree"
+        )
+    return next(iter(scales.values()), 1.0)
