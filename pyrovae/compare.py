@@ -15,6 +15,12 @@ sum divided by its size).  Draw ``r`` uses seed ``seed + r`` for every
 objective, so the objectives see common random numbers where their sampling
 coincides.
 
+The encoder/decoder split follows which parameters each program computes
+with (:func:`split_parameters`), not where a parameter was registered.  An
+objective that does not apply to the pair (``stl`` on a guide with a discrete
+latent, ``iwae`` on a model with a global latent) gets a row saying so, with
+its reason, and the others are still compared.
+
 A Gaussian latent is differentiable, so the same VAE shows the pathwise and
 the likelihood-ratio estimator side by side: ``"elbo"`` against
 ``"graph:pathwise=False"`` (REINFORCE with a decaying-average baseline).  The
@@ -33,23 +39,43 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import math
 import statistics
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pyro
 import torch
 from pyro import poutine
 from pyro.infer import ELBO
+from pyro.poutine.trace_struct import Trace
+from pyro.poutine.util import site_is_subsample
 
 from pyrovae.objectives import make_objective
 from pyrovae.objectives.graph import BASELINE_PREFIX
-from pyrovae.objectives.importance import param_leaves
-from pyrovae.programs import resolve_programs
+from pyrovae.programs import (
+    Data,
+    ProgramError,
+    as_data,
+    check_objective,
+    device_of,
+    inspect_pair,
+    resolve_programs,
+    set_data_plate,
+    trace_pair,
+    validate_batch,
+)
 
-__all__ = ["DEFAULT_OBJECTIVES", "EstimatorComparison", "EstimatorStats", "compare_estimators", "parse_objective"]
+__all__ = [
+    "DEFAULT_OBJECTIVES",
+    "EstimatorComparison",
+    "EstimatorStats",
+    "compare_estimators",
+    "parse_objective",
+    "split_parameters",
+]
 
 #: what :func:`compare_estimators` compares when not told: pathwise vs likelihood ratio, then the K-sample family
 DEFAULT_OBJECTIVES: tuple[str, ...] = (
@@ -66,7 +92,11 @@ ObjectiveSpec = str | tuple[str, Mapping[str, Any]] | ELBO
 
 @dataclasses.dataclass
 class EstimatorStats:
-    """One row of the comparison (gradients per data point)."""
+    """One row of the comparison (gradients per data point).
+
+    :ivar not_applicable: why the objective does not apply to the pair (its
+        check's one-line message), with every number NaN; ``None`` when it ran.
+    """
 
     objective: str
     bound: float
@@ -76,6 +106,13 @@ class EstimatorStats:
     decoder_variance: float
     decoder_snr: float
     seconds_per_step: float
+    not_applicable: str | None = None
+
+    @classmethod
+    def refused(cls, objective: str, reason: str) -> "EstimatorStats":
+        """The row of an objective that does not apply: NaN numbers and the reason."""
+        nan = math.nan
+        return cls(objective, nan, nan, nan, nan, nan, nan, nan, not_applicable=reason)
 
 
 @dataclasses.dataclass
@@ -107,14 +144,22 @@ class EstimatorComparison:
                 f"{r.decoder_snr:.3f}",
                 f"{1e3 * r.seconds_per_step:.2f}",
             )
+            if r.not_applicable is None
+            else (r.objective, f"n/a: {r.not_applicable}")
             for r in self.rows
         ]
-        widths = [max(len(str(c)) for c in col) for col in zip(head, *lines)]
-        fmt = lambda cells: "  ".join(  # noqa: E731
-            str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
-        )
+        # a not-applicable row is the objective and its reason, which spans the number columns
+        widths = [max(len(str(c)) for c in col) for col in zip(head, *(c for c in lines if len(c) == len(head)))]
+        widths[0] = max(len(c[0]) for c in [head, *lines])
+
+        def fmt(cells: Sequence[str]) -> str:
+            if len(cells) < len(widths):  # the reason, left-aligned after the objective
+                return "  ".join([cells[0].ljust(widths[0]), *cells[1:]])
+            return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
         note = (f"{self.num_repeats} gradient draws per objective on one batch of {self.batch_size}; "
-                "enc = guide parameters, dec = model parameters; var and SNR averaged over coordinates")
+                "enc = parameters the guide computes with, dec = the model's others; "
+                "var and SNR averaged over coordinates")
         return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *map(fmt, lines), note])
 
     __str__ = table
@@ -170,20 +215,30 @@ def compare_estimators(
     batch_size: int = 64,
     seed: int = 0,
     verbose: bool = True,
+    data_plate: str | None = None,
 ) -> EstimatorComparison:
     """Bound, gradient variance, SNR and time per step of each objective on one minibatch.
 
     :param vae_or_pair: a pyrovae model, any object with ``model``/``guide``, or a
-        ``(model, guide)`` pair (sites in ``pyro.plate("data", ...)``).
-    :param data: a tensor ``(N, ...)`` or a pyrovae ``DataSet``; its first
-        ``batch_size`` rows are the minibatch.
+        ``(model, guide)`` pair (per-point sites in a plate found by its size).
+    :param data: a tensor ``(N, ...)``, a pyrovae ``DataSet`` or several tensors as
+        :func:`pyrovae.fit` takes them; its first ``batch_size`` points are the minibatch.
     :param objectives: names, ``"name:key=value,..."`` strings, ``(name, options)``
         pairs or ELBO instances (see :data:`pyrovae.objectives.OBJECTIVES`).
     :param num_repeats: gradient draws per objective (>= 2).
     :param batch_size: minibatch size.
     :param seed: draw ``r`` uses seed ``seed + r``; the global RNG state is restored after.
     :param verbose: print the table.
+    :param data_plate: the per-point plate's name, where several plates follow the batch.
     :returns: an :class:`EstimatorComparison` (``str()`` is the table).
+
+    An objective whose checks refuse the pair (a ``ValueError`` or
+    ``NotImplementedError`` from the objective, e.g. ``stl`` on a guide with a
+    discrete latent) gets a row with NaN numbers and the refusal's message in
+    ``not_applicable`` ("n/a: ..." in the table); the others are still compared.
+    An error raised while the model or the guide runs, or of any other type,
+    propagates.  Encoder and decoder parameters are split by
+    :func:`split_parameters`.
 
     Parameters are left as they were; their ``.grad`` is cleared.
 
@@ -199,28 +254,22 @@ def compare_estimators(
         objectives = [objectives]
     resolved = [parse_objective(spec) for spec in objectives]  # fail on a bad spec before any work
     programs = resolve_programs(vae_or_pair)
-    x = getattr(data, "x", data)
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"Expected data to be a torch.Tensor (N, ...) or a pyrovae DataSet, got {type(data).__name__}")
-    owner = programs.owner
-    if callable(getattr(owner, "validate_data", None)):
-        owner.validate_data(x, "data")
-    device = next(iter(owner.parameters())).device if isinstance(owner, torch.nn.Module) else x.device
-    x = x[:batch_size].to(device)
+    points = as_data(data, "data")
+    validate_batch(programs, points, "data")
+    device = device_of(programs.owner, points.x)
+    batch = points.index(slice(0, batch_size)).to(device)
     cuda = [device] if device.type == "cuda" else []
 
     rows = []
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
+        with pyro.validation_enabled(True):
+            structure = inspect_pair(programs, batch, {}, data_plate=data_plate, what="compare_estimators")
         with poutine.block():
-            guide_trace = poutine.trace(programs.guide).get_trace(x)
-            model_trace = poutine.trace(poutine.replay(programs.model, trace=guide_trace)).get_trace(x)
-        encoder = param_leaves(guide_trace)
-        decoder = {k: v for k, v in param_leaves(model_trace).items() if k not in encoder}
-        nesting = max(
-            [0, *(-f.dim for tr in (guide_trace, model_trace) for s in tr.nodes.values() if s["type"] == "sample"
-                  for f in s["cond_indep_stack"] if f.vectorized and f.dim is not None)]
-        )
+            model_trace, guide_trace = trace_pair(programs, batch, {})
+        nesting = structure.max_plate_nesting
+        encoder, decoder = split_parameters(model_trace, guide_trace)
+        del guide_trace, model_trace  # and their graphs
         params = [*encoder.values(), *decoder.values()]
         for label, elbo in resolved:
             if math.isinf(getattr(elbo, "max_plate_nesting", 0)):
@@ -229,8 +278,16 @@ def compare_estimators(
             for key in [k for k in store.keys() if k.startswith(BASELINE_PREFIX)]:
                 del store[key]  # each objective starts its baselines afresh
             _zero(params)
-            with pyro.validation_enabled(True):
-                elbo.loss_and_grads(programs.model, programs.guide, x)  # validated warm-up, not timed
+            try:  # the program's structure first: no particle runs for an objective that cannot apply
+                check_objective(elbo, structure, f"objective={label.partition(':')[0]!r}")
+            except ProgramError as error:
+                rows.append(EstimatorStats.refused(label, str(error)))
+                continue
+            set_data_plate(elbo, structure)
+            reason = _not_applicable(elbo, programs.model, programs.guide, batch)  # validated warm-up, not timed
+            if reason is not None:
+                rows.append(EstimatorStats.refused(label, reason))
+                continue
             bounds, seconds, enc, dec = [], [], [], []
             with pyro.validation_enabled(False):
                 for r in range(num_repeats):
@@ -239,13 +296,13 @@ def compare_estimators(
                     if cuda:
                         torch.cuda.synchronize(device)
                     start = time.perf_counter()
-                    loss = elbo.loss_and_grads(programs.model, programs.guide, x)
+                    loss = elbo.loss_and_grads(programs.model, programs.guide, *batch.args, **batch.kwargs)
                     if cuda:
                         torch.cuda.synchronize(device)
                     seconds.append(time.perf_counter() - start)
-                    bounds.append(-float(loss) / x.shape[0])
-                    enc.append(_flat(encoder.values(), x.shape[0]))
-                    dec.append(_flat(decoder.values(), x.shape[0]))
+                    bounds.append(-float(loss) / len(batch))
+                    enc.append(_flat(encoder.values(), len(batch)))
+                    dec.append(_flat(decoder.values(), len(batch)))
             enc_var, enc_snr = _summary(torch.stack(enc).double())
             dec_var, dec_snr = _summary(torch.stack(dec).double())
             rows.append(EstimatorStats(
@@ -259,10 +316,100 @@ def compare_estimators(
                 seconds_per_step=statistics.median(seconds),
             ))
         _zero(params)
-    result = EstimatorComparison(rows, num_repeats, x.shape[0])
+    result = EstimatorComparison(rows, num_repeats, len(batch))
     if verbose:
         print(result.table())
     return result
+
+
+def split_parameters(model_trace: Trace, guide_trace: Trace) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Encoder and decoder parameters of a pair: the parameters each program computes with.
+
+    Where ``pyro.param``/``pyro.module`` was called says where a parameter was
+    registered, not which program reads it: Pyro's semi-supervised (M2) example
+    registers its whole module, encoders included, in the model.  So the split
+    follows autograd.  The candidates are the unconstrained leaves of every
+    param site of either trace; the *encoder* is those the guide's computation
+    depends on (its sample sites' log-densities and sampled values); the
+    *decoder* is the other candidates the model's computation depends on (every
+    site's log-density and value).  A parameter neither program reads is in
+    neither.  Only the dependence counts, not the value of a gradient: a
+    parameter behind a dead ReLU is still read.
+
+    Both traces must be recorded with gradients on (not under ``torch.no_grad``),
+    the model's replayed against the guide's, as
+    ``poutine.trace(poutine.replay(model, trace=guide_trace))`` records it.
+
+    :param model_trace: the model's trace, replayed against ``guide_trace``.
+    :param guide_trace: the guide's trace.
+    :returns: ``(encoder, decoder)``, each ``{name: unconstrained leaf}``, in
+        the order the sites appear, guide first.
+
+    Example::
+
+        guide_trace = poutine.trace(guide).get_trace(x)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
+        encoder, decoder = split_parameters(model_trace, guide_trace)
+    """
+    candidates: dict[str, torch.Tensor] = {}
+    for trace in (guide_trace, model_trace):
+        for name, site in trace.nodes.items():
+            if site["type"] == "param" and name not in candidates:
+                value = site["value"]
+                leaf = value.unconstrained() if hasattr(value, "unconstrained") else value
+                if isinstance(leaf, torch.Tensor) and leaf.requires_grad:
+                    candidates[name] = leaf
+
+    def read_by(trace: Trace) -> dict[str, torch.Tensor]:
+        outputs = []
+        for site in trace.nodes.values():
+            if site["type"] != "sample" or site_is_subsample(site):
+                continue
+            log_prob = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
+            outputs += [t.sum() for t in (log_prob, site["value"]) if isinstance(t, torch.Tensor) and t.requires_grad]
+        if not outputs or not candidates:
+            return {}
+        # the guide's graph is part of the model's (replayed values): keep it for the second call
+        grads = torch.autograd.grad(outputs, list(candidates.values()), allow_unused=True, retain_graph=True)
+        return {name: leaf for (name, leaf), g in zip(candidates.items(), grads) if g is not None}
+
+    encoder = read_by(guide_trace)
+    decoder = {name: leaf for name, leaf in read_by(model_trace).items() if name not in encoder}
+    return encoder, decoder
+
+
+def _not_applicable(elbo: ELBO, model: Callable, guide: Callable, batch: Data) -> str | None:
+    """One validated ``loss_and_grads``: ``None`` if it ran, else why the objective does not apply.
+
+    A ``ValueError`` or ``NotImplementedError`` raised by the objective's own
+    checks means "not applicable"; one raised while the model or the guide runs
+    (a bad program) and any other exception (a bug) propagate.
+    """
+    from_programs: list[BaseException] = []
+
+    def watched(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except BaseException as error:
+                from_programs.append(error)
+                raise
+
+        return run
+
+    try:
+        with pyro.validation_enabled(True):
+            elbo.loss_and_grads(watched(model), watched(guide), *batch.args, **batch.kwargs)
+    except (ValueError, NotImplementedError) as error:
+        chain: BaseException | None = error
+        while chain is not None:  # an objective re-raising a program's error is still the program's
+            if any(chain is e for e in from_programs):
+                raise
+            chain = chain.__cause__ or chain.__context__
+        lines = str(error).strip().splitlines()
+        return lines[0] if lines else type(error).__name__
+    return None
 
 
 def _zero(params: Sequence[torch.Tensor]) -> None:

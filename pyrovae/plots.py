@@ -1,8 +1,10 @@
 """Pictures of a trained model: reconstructions, samples, traversals, KL per dimension, curves.
 
-Image grids are written with torchvision's ``save_image`` (PNG); charts with
-matplotlib's non-interactive Agg backend, imported inside the functions that
-draw them.  Every function takes the output path and returns it.
+Image grids are written with torchvision's ``save_image`` (PNG); charts are
+drawn on a :class:`matplotlib.figure.Figure` with its own Agg canvas, imported
+inside the functions that draw them.  Neither ``matplotlib.pyplot`` nor the
+caller's backend is touched: a notebook or GUI session keeps its own.  Every
+function takes the output path and returns it.
 
 Models are used through a small interface: ``x_shape``, ``z_dim``,
 ``posterior(x)`` (a distribution with ``.mean``/``.base_dist``), ``prior()``,
@@ -60,6 +62,24 @@ def _save(images: torch.Tensor, path: str | os.PathLike, nrow: int) -> Path:
     if images.shape[1] not in (1, 3):  # other channel counts: show the first channel
         images = images[:, :1]
     save_image(images.clamp(0, 1), path, nrow=nrow, padding=2, pad_value=0.5)
+    return path
+
+
+def _figure(size: tuple[float, float]) -> Any:
+    """A figure on its own Agg canvas: nothing global (pyplot's figure list, the backend) is touched."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save_figure(fig: Any, path: str | os.PathLike) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
     return path
 
 
@@ -182,22 +202,13 @@ def kl_bar_chart(kl: torch.Tensor, path: str | os.PathLike) -> Path:
     :param path: the PNG file to write (its folder is created).
     :returns: ``path``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(4, 0.4 * len(kl)), 3))
+    fig = _figure((max(4, 0.4 * len(kl)), 3))
+    ax = fig.subplots()
     ax.bar(range(len(kl)), kl.tolist(), color="tab:blue")
     ax.set_xlabel("latent dimension")
     ax.set_ylabel("KL(q(z_j|x) || p(z_j)) [nats]")
     ax.set_xticks(range(len(kl)))
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def history_plot(history: Sequence[Mapping[str, float]], path: str | os.PathLike) -> Path:
@@ -207,25 +218,16 @@ def history_plot(history: Sequence[Mapping[str, float]], path: str | os.PathLike
     :param path: the PNG file to write (its folder is created).
     :returns: ``path``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     epochs = [row["epoch"] for row in history]
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    fig = _figure((5, 3.2))
+    ax = fig.subplots()
     ax.plot(epochs, [-row["train_loss"] for row in history], label="train objective / point")
     if history and "valid_elbo" in history[0]:
         ax.plot(epochs, [row["valid_elbo"] for row in history], label="held-out ELBO / point (β = 1)")
     ax.set_xlabel("epoch")
     ax.set_ylabel("nats")
     ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def _device(vae: Any) -> torch.device:
@@ -243,16 +245,12 @@ def tradeoff_plot(rows: Sequence[Mapping[str, float]], path: str | os.PathLike, 
     :param parameter: the key of the swept value in each row (each point is labelled with it).
     :returns: ``path``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     skip = {parameter, "reconstruction_error", "test_elbo"}
     label = SYMBOLS.get(parameter, parameter)
     scores = [k for k in rows[0] if k not in skip and not k.endswith("_train") and not k.endswith("_dims")] if rows else []
     panels = scores or ["test_elbo"]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3), squeeze=False)
+    fig = _figure((3.2 * len(panels), 3))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, key in zip(axes[0], panels):
         xs = [row["reconstruction_error"] for row in rows]
         ys = [row[key] for row in rows]
@@ -261,9 +259,4 @@ def tradeoff_plot(rows: Sequence[Mapping[str, float]], path: str | os.PathLike, 
             ax.annotate(f"{label}={row[parameter]:g}", (x, y), fontsize=7, textcoords="offset points", xytext=(3, 3))
         ax.set_xlabel("reconstruction error [nats]")
         ax.set_ylabel(key)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)

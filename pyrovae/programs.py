@@ -31,11 +31,13 @@ __all__ = [
     "accepts",
     "as_data",
     "as_tensor",
+    "check_objective",
     "check_positive_int",
     "device_of",
     "find_data_plate",
     "inspect_pair",
     "resolve_programs",
+    "set_data_plate",
     "structure_of",
     "trace_pair",
     "true_model",
@@ -516,6 +518,29 @@ def inspect_pair(programs: Programs, data: Data, kwargs: Mapping[str, Any], *, d
     structure = structure_of(model_trace, guide_trace, name)
     structure.require_whole_batch(what)
     return structure
+
+
+# ============================================================ objectives
+def check_objective(elbo: Any, structure: Structure, what: str) -> None:
+    """Refuse, in one line naming the site, a program the objective cannot estimate (before any particle runs)."""
+    if getattr(elbo, "requires_local_latents", False):
+        structure.require_local(what)
+        structure.require_vectorized(what)
+    if getattr(elbo, "requires_reparameterized", False):
+        for name, reparameterized in structure.guide_latents.items():
+            if not reparameterized:
+                raise ProgramError(
+                    f"{what} needs every latent site of the guide to be reparameterized, but site {name!r} is not; "
+                    "use objective='elbo', 'graph', 'iwae' or 'rws' for non-reparameterized latents"
+                )
+
+
+def set_data_plate(elbo: Any, structure: Structure) -> None:
+    """Tell an objective that weighs points (and any it wraps) which plate holds them."""
+    while elbo is not None:
+        if hasattr(elbo, "data_plate"):
+            elbo.data_plate = structure.data_plate
+        elbo = getattr(elbo, "objective", None)
 
 
 # ========================================================== the true model

@@ -86,13 +86,13 @@ from pyrovae.objectives.compiled import Compiled, loss_and_surrogate_of
 from pyrovae.programs import (
     Data,
     Programs,
-    ProgramError,
-    Structure,
     as_data,
+    check_objective,
     check_positive_int,
     device_of,
     inspect_pair,
     resolve_programs,
+    set_data_plate,
     true_model,
     validate_batch,
 )
@@ -118,29 +118,6 @@ def optimizer_options(cls: type[torch.optim.Optimizer], device: torch.device) ->
 
 #: Pyro's compiled ELBOs (``JitTrace_ELBO`` ...): each records its first call, scales included
 _PYRO_JIT_ELBOS = tuple(getattr(pyro.infer, name) for name in dir(pyro.infer) if name.startswith("Jit"))
-
-
-def _check_objective(elbo: ELBO, structure: Structure, objective: Any) -> None:
-    """Refuse, in one line naming the site, a program the objective cannot estimate (before any particle runs)."""
-    what = f"objective={objective!r}" if isinstance(objective, str) else type(elbo).__name__
-    if getattr(elbo, "requires_local_latents", False):
-        structure.require_local(what)
-        structure.require_vectorized(what)
-    if getattr(elbo, "requires_reparameterized", False):
-        for name, reparameterized in structure.guide_latents.items():
-            if not reparameterized:
-                raise ProgramError(
-                    f"{what} needs every latent site of the guide to be reparameterized, but site {name!r} is not; "
-                    "use objective='elbo', 'graph', 'iwae' or 'rws' for non-reparameterized latents"
-                )
-
-
-def _set_data_plate(elbo: ELBO, structure: Structure) -> None:
-    """Tell an objective that weighs points (and any it wraps) which plate holds them."""
-    while elbo is not None:
-        if hasattr(elbo, "data_plate"):
-            elbo.data_plate = structure.data_plate
-        elbo = getattr(elbo, "objective", None)
 
 
 class TrainingDiverged(FloatingPointError):
@@ -411,8 +388,8 @@ def fit(
         # plain traces on a few points, with Pyro's own shape and support checks: the program's
         # structure (its per-point plate, latents, parameters) before any particle or loss runs
         structure = inspect_pair(programs, train, programs.kwargs(schedule(0), 0), data_plate=data_plate, what="fit")
-        _check_objective(elbo, structure, objective)
-        _set_data_plate(elbo, structure)
+        check_objective(elbo, structure, f"objective={objective!r}" if isinstance(objective, str) else type(elbo).__name__)
+        set_data_plate(elbo, structure)
         scaler = plate_scale(structure.data_plate, 1.0)
         model, guide = scaler(programs.model), scaler(programs.guide)
         if math.isinf(getattr(elbo, "max_plate_nesting", 0)):  # as Pyro would guess, without the log line

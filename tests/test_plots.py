@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import matplotlib
 import numpy
 import pytest
 import torch
@@ -111,3 +120,64 @@ def test_charts_create_their_folder_and_are_drawn(vae, x, tmp_path):
         with Image.open(path) as image:
             assert min(image.size) >= 100
         assert _drawn(path)
+
+
+# ------------------------------------------------- the caller's matplotlib state
+def draw_every_plot(folder) -> list:
+    """Every drawing function of pyrovae.plots once (self-contained: also run in a fresh interpreter)."""
+    import torch
+
+    from pyrovae import VAE, plots
+
+    torch.manual_seed(0)
+    vae = VAE(x_shape=(1, 8, 8), z_dim=2, hidden=(8,)).eval()
+    x = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    kl = plots.kl_per_dimension(vae, x)
+    history = [{"epoch": e, "train_loss": 50.0 - e, "valid_elbo": -51.0 + e} for e in (1, 2)]
+    rows = [{"beta": b, "reconstruction_error": 10.0 + b, "test_elbo": -20.0, "mig": 0.1 * b} for b in (1.0, 4.0)]
+    return [
+        plots.reconstruction_grid(vae, x, f"{folder}/reconstructions.png", num=4),
+        plots.samples_grid(vae, f"{folder}/samples.png", num=4),
+        plots.traversal_grid(vae, x, f"{folder}/traversals.png", num_seeds=1, num_values=3),
+        plots.kl_bar_chart(kl, f"{folder}/kl.png"),
+        plots.history_plot(history, f"{folder}/history.png"),
+        plots.tradeoff_plot(rows, f"{folder}/tradeoff.png"),
+    ]
+
+
+@pytest.fixture
+def caller_backend():
+    """The caller (a notebook, a GUI) has chosen a backend other than Agg; it is put back after."""
+    previous = matplotlib.get_backend()
+    matplotlib.use("pdf")
+    yield "pdf"
+    matplotlib.use(previous)
+
+
+def test_drawing_leaves_the_callers_backend_alone(caller_backend, tmp_path):
+    paths = draw_every_plot(tmp_path)
+    assert matplotlib.get_backend() == caller_backend
+    assert all(_drawn(path) for path in paths)
+
+
+def test_plots_never_import_pyplot_nor_switch_backend(tmp_path):
+    # a fresh interpreter: whether pyplot is imported is process-wide state the other tests may have set
+    script = inspect.getsource(draw_every_plot) + textwrap.dedent(f"""
+        import json, sys
+        import matplotlib
+        matplotlib.use("svg")
+        import pyrovae.plots
+        before = "matplotlib.pyplot" in sys.modules
+        draw_every_plot({str(tmp_path)!r})
+        print(json.dumps({{"backend": matplotlib.get_backend(), "before": before,
+                          "after": "matplotlib.pyplot" in sys.modules}}))
+    """)
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    env.pop("MPLBACKEND", None)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert state == {"backend": "svg", "before": False, "after": False}
+    assert len(list(tmp_path.glob("*.png"))) == 6
