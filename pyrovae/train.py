@@ -76,7 +76,6 @@ from typing import Any
 
 import pyro
 import torch
-from pyro import poutine
 from pyro.infer import ELBO, Trace_ELBO
 
 from pyrovae.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
@@ -86,6 +85,7 @@ from pyrovae.objectives.compiled import Compiled, loss_and_surrogate_of
 from pyrovae.programs import (
     Data,
     Programs,
+    Structure,
     as_data,
     check_objective,
     check_positive_int,
@@ -98,7 +98,7 @@ from pyrovae.programs import (
 )
 from pyrovae.schedules import Constant, Schedule, make_schedule
 
-__all__ = ["fit", "FitResult", "TrainingDiverged", "resolve_programs", "evaluate_elbo"]
+__all__ = ["fit", "FitResult", "Stream", "TrainingDiverged", "resolve_programs", "evaluate_elbo"]
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
@@ -255,6 +255,160 @@ def _auxiliary_hyperparameters(owner: Any) -> dict[str, Any]:
     }
 
 
+@dataclasses.dataclass
+class Stream:
+    r"""A further data stream that ``fit`` trains in the same steps as its data.
+
+    Each step draws one minibatch from ``fit``'s data and one from every
+    stream, scales each by its own :math:`N_s / B_s`, and takes one optimizer
+    step on the sum of the losses, so the step estimates
+
+    .. math::
+
+        \mathcal L = \mathcal L_0(\text{data}) + \sum_s \mathcal L_s(\text{stream}_s),
+
+    each term an unbiased minibatch estimate of its whole data set's objective.
+    An epoch is a pass over ``fit``'s data; a stream cycles through its own
+    data, a fresh order every pass.  Semi-supervised learning (Kingma et al.
+    2014's M2) is this: unlabelled images as ``fit``'s data (``model(x)``,
+    the label a latent), labelled pairs ``(x, y)`` as a stream (``model(x, y)``,
+    the label observed), and the classifier's auxiliary term as a stream with
+    programs of its own.
+
+    :param data: the stream's data, in any form ``fit`` takes.
+    :param programs: its model/guide (an object or a pair); default: ``fit``'s own.
+    :param objective: its objective (a name or an ELBO instance).
+    :param num_particles: for a named objective.
+    :param alpha: for a named objective.
+    :param batch_size: its minibatch size (default: ``fit``'s).
+    :param data_plate: its per-point plate's name, where several qualify.
+
+    Example::
+
+        fit(m2, x_unlabelled, streams=[Stream((x_labelled, y_labelled))], epochs=50)
+
+    References:
+      1. D. P. Kingma, D. J. Rezende, S. Mohamed, M. Welling. Semi-Supervised Learning with
+         Deep Generative Models. arXiv:1406.5298.
+    """
+
+    data: Any
+    programs: Any = None
+    objective: str | ELBO = "elbo"
+    num_particles: int | None = None
+    alpha: float | None = None
+    batch_size: int | None = None
+    data_plate: str | None = None
+
+
+@dataclasses.dataclass
+class _Source:
+    """One data set and what trains on it: programs, objective, the plate scaler, and where it is in its pass."""
+
+    programs: Programs
+    data: Data
+    elbo: ELBO
+    structure: Structure
+    scaler: plate_scale
+    model: Callable
+    guide: Callable
+    batch_size: int
+    drop_short: bool
+    epoch: int = 0
+    batch_index: int = 0
+    step_objective: ELBO | None = None
+
+    @property
+    def num_data(self) -> int:
+        return len(self.data)
+
+    def batches(self, seed: int, epoch: int, rank: int, world: int) -> list[torch.Tensor]:
+        """This rank's minibatch indices for one pass: a pure function of (seed, epoch), so resumes and ranks agree."""
+        n = self.num_data
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        if world > 1:  # equal shards, padded by wrapping around, as DistributedSampler does
+            order = torch.cat([order, order[: (-n) % world]])[rank::world]
+        batches = list(order.to(self.data.x.device).split(self.batch_size))
+        if self.drop_short and len(batches[-1]) < self.batch_size:
+            batches = batches[:-1]
+        return batches
+
+    def loss_and_grads(self, xb: Data, kwargs: dict[str, Any]) -> float:
+        self.scaler.scale = self.num_data / len(xb)  # N / B on each rank; averaging over ranks keeps it unbiased
+        return self.step_objective.loss_and_grads(self.model, self.guide, *xb.args, **xb.kwargs, **kwargs)
+
+
+def _objective_label(objective: Any, elbo: ELBO) -> str:
+    return f"objective={objective!r}" if isinstance(objective, str) else type(elbo).__name__
+
+
+def _source(programs: Programs, data: Data, objective: Any, elbo: ELBO, batch_size: int, world: int,
+            kwargs: dict[str, Any], data_plate: str | None) -> _Source:
+    """Inspect a program on its data (plain traces, Pyro's checks on), check its objective, scale its plate."""
+    with pyro.validation_enabled(True):
+        # plain traces on a few points, with Pyro's own shape and support checks: the program's
+        # structure (its per-point plate, latents, parameters) before any particle or loss runs
+        structure = inspect_pair(programs, data, kwargs, data_plate=data_plate, what="fit")
+        check_objective(elbo, structure, _objective_label(objective, elbo))
+        set_data_plate(elbo, structure)
+        scaler = plate_scale(structure.data_plate, 1.0)
+        model, guide = scaler(programs.model), scaler(programs.guide)
+        if math.isinf(getattr(elbo, "max_plate_nesting", 0)):  # as Pyro would guess, without the log line
+            elbo.max_plate_nesting = structure.max_plate_nesting + int(bool(getattr(elbo, "vectorize_particles", False)))
+        small = data.index(slice(0, min(len(data), 4)))
+        elbo.loss(model, guide, *small.args, **small.kwargs, **kwargs)
+    n = len(data)
+    batch_size = min(batch_size, math.ceil(n / world))
+    # Pyro's compiled ELBOs record the first minibatch's N / B as a constant: a short one would be mis-scaled
+    drop_short = isinstance(elbo, _PYRO_JIT_ELBOS) and n % (batch_size * world) != 0 and n > batch_size * world
+    if drop_short:
+        warnings.warn(
+            f"{type(elbo).__name__} records the first minibatch's scale N/B into its compiled trace, so fit drops "
+            f"each epoch's short last minibatch ({math.ceil(n / world) % batch_size} of {n} points; a different "
+            "random subset every epoch) instead of scoring it at the wrong scale",
+            stacklevel=3,
+        )
+    return _Source(programs, data, elbo, structure, scaler, model, guide, batch_size, drop_short)
+
+
+def _check_arguments(epochs: int, batch_size: int, seed: int, checkpoint_every: int | None, lr: Any, optimizer: str,
+                     resume: bool, out: Any, jit: Any, programs: Programs) -> None:
+    """Refuse bad options before any work, naming the argument and the expected form."""
+    check_positive_int("epochs", epochs)
+    check_positive_int("batch_size", batch_size)
+    check_positive_int("seed", seed, minimum=0)
+    if checkpoint_every is not None:
+        check_positive_int("checkpoint_every", checkpoint_every)
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"Expected lr to be a finite number > 0, got {lr!r}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"Expected optimizer in {sorted(OPTIMIZERS)}, got {optimizer!r}")
+    if resume and out is None:
+        raise ValueError("resume=True needs out= (the run folder holding checkpoint.pt)")
+    if jit not in (None, True, False):
+        raise ValueError(f"Expected jit to be None, True or False, got {jit!r}")
+    if jit is True and not isinstance(programs.owner, torch.nn.Module):
+        raise ValueError(
+            "jit=True needs an object that is a torch.nn.Module holding every parameter "
+            f"(got {type(programs.owner).__name__}); pass jit=None or False"
+        )
+
+
+def _step_objective(elbo: ELBO, programs: Programs, jit: bool | None, world: int) -> tuple[ELBO, str]:
+    """The objective a step calls (compiled where it may be) and, if eager, why."""
+    if jit is False:
+        return elbo, "jit=False"
+    if not isinstance(programs.owner, torch.nn.Module):
+        return elbo, "the parameters are not held by one torch.nn.Module"
+    if jit is None and type(programs.owner).__module__.split(".")[0] != "pyrovae":
+        # Your own class may read Python state (an attribute a callback changes) that a
+        # recorded graph would freeze; pyrovae's models take such values as keyword arguments.
+        return elbo, (f"{type(programs.owner).__name__} is defined outside pyrovae; pass jit=True to compile "
+                      "its step (it must take every value that changes during training as an argument)")
+    # strict only in one process: a refusal on one rank must not leave the others waiting
+    return Compiled(elbo, programs.owner, strict=jit is True and world == 1), "compiled"
+
+
 def fit(
     obj: Any,
     data: Any,
@@ -277,6 +431,7 @@ def fit(
     record: Mapping[str, Any] | None = None,
     jit: bool | None = None,
     data_plate: str | None = None,
+    streams: list[Stream] | tuple[Stream, ...] = (),
 ) -> FitResult:
     r"""Train a model/guide pair by stochastic variational inference.
 
@@ -315,6 +470,10 @@ def fit(
     :param data_plate: the name of the per-point plate, where the program has
         several plates sized by the batch (otherwise it is found: the plate
         around the observed sites whose size follows the batch).
+    :param streams: further data sets trained in the same steps, each with its
+        own programs and objective (:class:`Stream`; semi-supervised M2's
+        labelled stream, say); their losses are added, each scaled to its
+        whole data set, and their epoch means logged as ``stream{i}_loss``.
     :returns: a :class:`FitResult`.
 
     Example::
@@ -333,25 +492,19 @@ def fit(
         validate_batch(programs, valid, "valid_data")
     if "kl_weight" in train.kwargs:
         raise ValueError("data key 'kl_weight' clashes with the keyword argument fit passes to model and guide")
-    check_positive_int("epochs", epochs)
-    check_positive_int("batch_size", batch_size)
-    check_positive_int("seed", seed, minimum=0)
-    if checkpoint_every is not None:
-        check_positive_int("checkpoint_every", checkpoint_every)
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
-        raise ValueError(f"Expected lr to be a finite number > 0, got {lr!r}")
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"Expected optimizer in {sorted(OPTIMIZERS)}, got {optimizer!r}")
-    if resume and out is None:
-        raise ValueError("resume=True needs out= (the run folder holding checkpoint.pt)")
-    if jit not in (None, True, False):
-        raise ValueError(f"Expected jit to be None, True or False, got {jit!r}")
-    if jit is True and not isinstance(programs.owner, torch.nn.Module):
-        raise ValueError(
-            "jit=True needs an object that is a torch.nn.Module holding every parameter "
-            f"(got {type(programs.owner).__name__}); pass jit=None or False"
-        )
+    _check_arguments(epochs, batch_size, seed, checkpoint_every, lr, optimizer, resume, out, jit, programs)
     elbo = make_objective(objective, num_particles=num_particles, alpha=alpha)
+    if not isinstance(streams, (list, tuple)) or not all(isinstance(s, Stream) for s in streams):
+        raise TypeError(f"Expected streams to be a list of pyrovae.Stream, got {streams!r}")
+    extra = []
+    for i, stream in enumerate(streams):
+        stream_programs = programs if stream.programs is None else resolve_programs(stream.programs)
+        stream_data = as_data(stream.data, f"streams[{i}].data")
+        validate_batch(stream_programs, stream_data, f"streams[{i}].data")
+        if stream.batch_size is not None:
+            check_positive_int(f"streams[{i}].batch_size", stream.batch_size)
+        extra.append((stream, stream_programs, stream_data,
+                      make_objective(stream.objective, num_particles=stream.num_particles, alpha=stream.alpha)))
     if kl_weight is None:
         kl_weight = getattr(programs.owner, "default_kl_weight", 1.0)
     schedule = make_schedule(kl_weight)
@@ -365,197 +518,239 @@ def fit(
 
     # ------------------------------------------------------------ set-up
     rank, world, device = _distributed(device)
-    if isinstance(programs.owner, torch.nn.Module):
-        programs.owner.to(device)
+    for p in {id(p.owner): p.owner for p in [programs, *(e[1] for e in extra)]}.values():
+        if isinstance(p, torch.nn.Module):
+            p.to(device)
     train = train.to(device)
     if valid is not None:
         valid = valid.to(device)
-    num_data = len(train)
     set_num_data = getattr(programs.owner, "set_num_data", None)
     if callable(set_num_data):  # e.g. β-TCVAE's minibatch estimators of q(z) need the data set's size
-        set_num_data(num_data)
-    batch_size = min(batch_size, math.ceil(num_data / world))
+        set_num_data(len(train))
     checkpoint = None
     if resume and run_dir is not None and (run_dir / CHECKPOINT_NAME).exists():
         checkpoint = load_checkpoint(run_dir / CHECKPOINT_NAME)
-        settings = checkpoint["settings"]
-        for key, now in (("batch_size", batch_size), ("seed", seed), ("num_data", num_data), ("world", world),
-                         ("optimizer", optimizer), ("lr", float(lr))):
-            if settings.get(key, now) != now:
-                raise ValueError(f"Cannot resume {run_dir}: it was trained with {key}={settings[key]}, now {now}")
     pyro.set_rng_seed(seed)
-    with pyro.validation_enabled(True):
-        # plain traces on a few points, with Pyro's own shape and support checks: the program's
-        # structure (its per-point plate, latents, parameters) before any particle or loss runs
-        structure = inspect_pair(programs, train, programs.kwargs(schedule(0), 0), data_plate=data_plate, what="fit")
-        check_objective(elbo, structure, f"objective={objective!r}" if isinstance(objective, str) else type(elbo).__name__)
-        set_data_plate(elbo, structure)
-        scaler = plate_scale(structure.data_plate, 1.0)
-        model, guide = scaler(programs.model), scaler(programs.guide)
-        if math.isinf(getattr(elbo, "max_plate_nesting", 0)):  # as Pyro would guess, without the log line
-            elbo.max_plate_nesting = structure.max_plate_nesting + int(bool(getattr(elbo, "vectorize_particles", False)))
-        small = train.index(slice(0, min(num_data, 4)))
-        elbo.loss(model, guide, *small.args, **small.kwargs, **programs.kwargs(schedule(0), 0))
-    params = structure.params
+    sources = [_source(programs, train, objective, elbo, batch_size, world, programs.kwargs(schedule(0), 0), data_plate)]
+    for stream, stream_programs, stream_data, stream_elbo in extra:
+        sources.append(_source(stream_programs, stream_data.to(device), stream.objective, stream_elbo,
+                               stream.batch_size or batch_size, world, stream_programs.kwargs(schedule(0), 0),
+                               stream.data_plate))
+    params: dict[str, torch.Tensor] = {}
+    for src in sources:
+        params.update({k: v for k, v in src.structure.params.items() if k not in params})
     if not params:
         raise ValueError("The model and guide define no parameters (pyro.param or pyro.module): nothing to train")
-    drop_short = isinstance(elbo, _PYRO_JIT_ELBOS) and num_data % (batch_size * world) != 0 and num_data > batch_size * world
-    if drop_short:
-        warnings.warn(
-            f"{type(elbo).__name__} records the first minibatch's scale N/B into its compiled trace, so fit drops "
-            f"each epoch's short last minibatch ({num_data % batch_size} of {num_data} points; a different random "
-            "subset every epoch) instead of scoring it at the wrong scale",
-            stacklevel=2,
-        )
-    step_objective: ELBO = elbo
-    eager_reason = "jit=False" if jit is False else "the parameters are not held by one torch.nn.Module"
-    if jit is not False and isinstance(programs.owner, torch.nn.Module):
-        if jit is None and type(programs.owner).__module__.split(".")[0] != "pyrovae":
-            # Your own class may read Python state (an attribute a callback changes) that a
-            # recorded graph would freeze; pyrovae's models take such values as keyword arguments.
-            eager_reason = (f"{type(programs.owner).__name__} is defined outside pyrovae; pass jit=True to compile "
-                            "its step (it must take every value that changes during training as an argument)")
-        else:
-            # strict only in one process: a refusal on one rank must not leave the others waiting
-            step_objective = Compiled(elbo, programs.owner, strict=jit is True and world == 1)
-    if world > 1:
-        for p in params.values():
-            torch.distributed.broadcast(p.data, src=0)
-    optim_cls = OPTIMIZERS[optimizer]
-    fused_ok = all(p.is_floating_point() and p.device.type == device.type for p in params.values())
-    optim = optim_cls(list(params.values()), lr=lr, **(optimizer_options(optim_cls, device) if fused_ok else {}))
-    aux_params, aux_loss = programs.auxiliary()
-    aux_optim = None
-    if aux_loss is not None:
-        if world > 1:
-            for p in aux_params:
-                torch.distributed.broadcast(p.data, src=0)
-        aux_optim = torch.optim.Adam(aux_params, **_auxiliary_hyperparameters(programs.owner))
-    ddp = _data_parallel(programs, step_objective, model, guide, params, aux_params, device) if world > 1 else None
-
-    steps_per_epoch = math.ceil(math.ceil(num_data / world) / batch_size)
-    if drop_short:
-        steps_per_epoch = math.ceil(num_data / world) // batch_size
-    step, epoch, batch_index, history = 0, 0, 0, []
-    sums = {"loss": 0.0, "count": 0}
-    if checkpoint is not None:
-        _load_state(programs.owner, params, checkpoint["state"])
-        optim.load_state_dict(checkpoint["optimizer"])
-        if checkpoint.get("objective") and callable(getattr(elbo, "load_state_dict", None)):
-            elbo.load_state_dict(checkpoint["objective"], device)  # e.g. the graph objective's baselines
-        if aux_optim is not None:
-            aux_optim.load_state_dict(checkpoint["aux_optimizer"])
-            for group in aux_optim.param_groups:  # the model's values, even where an older checkpoint held others
-                group.update(_auxiliary_hyperparameters(programs.owner))
-        step, epoch, batch_index = checkpoint["step"], checkpoint["epoch"], checkpoint["batch_index"]
-        history, sums = list(checkpoint["history"]), dict(checkpoint["sums"])
-        torch.set_rng_state(checkpoint["rng"]["torch"])
-        if device.type == "cuda" and "cuda" in checkpoint["rng"]:
-            torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], device)
-    settings = {"batch_size": batch_size, "seed": seed, "num_data": num_data, "world": world, "lr": float(lr),
-                "optimizer": optimizer,
+    sources[0].step_objective, eager_reason = _step_objective(elbo, programs, jit if not extra else False, world)
+    if extra:
+        eager_reason = "fit has streams (each step sums several objectives)"
+    for src in sources[1:]:
+        src.step_objective = src.elbo
+    settings = {"batch_size": sources[0].batch_size, "seed": seed, "num_data": len(train), "world": world,
+                "lr": float(lr), "optimizer": optimizer,
                 "objective": objective if isinstance(objective, str) else type(objective).__name__,
-                "kl_weight": schedule.to_dict(), "epochs": epochs}
-    writer = rank == 0 and run_dir is not None
-    if writer:
-        run_dir.mkdir(parents=True, exist_ok=True)
+                "kl_weight": schedule.to_dict(), "epochs": epochs,
+                "streams": [[src.num_data, src.batch_size] for src in sources[1:]]}
+    if checkpoint is not None:
+        _check_resumable(run_dir, checkpoint["settings"], settings)
+    trainer = _Trainer(obj, programs, sources, params, schedule, settings, device, rank, world, run_dir,
+                       record, checkpoint_every, progress)
+    if checkpoint is not None:
+        trainer.restore(checkpoint)
+    trainer.run(epochs, epoch_view, valid, seed)
+    if isinstance(sources[0].step_objective, Compiled):
+        eager_reason = sources[0].step_objective.eager_reason
+    elif eager_reason == "compiled":
+        eager_reason = None
+    distributed = None if world <= 1 else ("ddp" if trainer.ddp is not None else "all-reduce")
+    return FitResult(model=obj, history=trainer.history, run_dir=run_dir, step=trainer.step,
+                     eager_reason=eager_reason, distributed=distributed)
 
-    def save() -> Path:
+
+def _check_resumable(run_dir: Path | None, before: Mapping[str, Any], now: Mapping[str, Any]) -> None:
+    """Refuse to resume a run under settings that would change what it computes."""
+    for key in ("batch_size", "seed", "num_data", "world", "optimizer", "lr", "streams"):
+        if key in before and before[key] != now[key]:
+            raise ValueError(f"Cannot resume {run_dir}: it was trained with {key}={before[key]}, now {now[key]}")
+
+
+class _Trainer:
+    """The loop: restore, step, save.  Holds what a checkpoint holds."""
+
+    def __init__(self, obj: Any, programs: Programs, sources: list[_Source], params: dict[str, torch.Tensor],
+                 schedule: Schedule, settings: dict[str, Any], device: torch.device, rank: int, world: int,
+                 run_dir: Path | None, record: Mapping[str, Any] | None, checkpoint_every: int | None,
+                 progress: bool) -> None:
+        self.obj, self.programs, self.sources, self.params = obj, programs, sources, params
+        self.schedule, self.settings, self.device = schedule, settings, device
+        self.rank, self.world, self.run_dir, self.record = rank, world, run_dir, dict(record or {})
+        self.checkpoint_every, self.progress = checkpoint_every, progress
+        self.writer = rank == 0 and run_dir is not None
+        if self.writer:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        self.step, self.epoch, self.history = 0, 0, []
+        self.sums: dict[str, float] = {"loss": 0.0, "count": 0}
+        main = sources[0]
+        optim_cls = OPTIMIZERS[settings["optimizer"]]
+        fused_ok = all(p.is_floating_point() and p.device.type == device.type for p in params.values())
+        if world > 1:
+            _broadcast(params.values())
+        self.optim = optim_cls(list(params.values()), lr=settings["lr"],
+                               **(optimizer_options(optim_cls, device) if fused_ok else {}))
+        self.aux_params, self.aux_loss = programs.auxiliary()
+        self.aux_optim = None
+        if self.aux_loss is not None:
+            if world > 1:
+                _broadcast(self.aux_params)
+            self.aux_optim = torch.optim.Adam(self.aux_params, **_auxiliary_hyperparameters(programs.owner))
+        self.ddp = None
+        if world > 1 and len(sources) == 1:
+            self.ddp = _data_parallel(programs, main.step_objective, main.model, main.guide, params,
+                                      self.aux_params, device)
+
+    # ------------------------------------------------------------ state
+    def restore(self, checkpoint: Mapping[str, Any]) -> None:
+        main = self.sources[0]
+        _load_state(self.programs.owner, self.params, checkpoint["state"])
+        self.optim.load_state_dict(checkpoint["optimizer"])
+        if checkpoint.get("objective") and callable(getattr(main.elbo, "load_state_dict", None)):
+            main.elbo.load_state_dict(checkpoint["objective"], self.device)  # e.g. the graph objective's baselines
+        if self.aux_optim is not None:
+            self.aux_optim.load_state_dict(checkpoint["aux_optimizer"])
+            for group in self.aux_optim.param_groups:  # the model's values, even where an older checkpoint held others
+                group.update(_auxiliary_hyperparameters(self.programs.owner))
+        self.step, self.epoch, main.batch_index = checkpoint["step"], checkpoint["epoch"], checkpoint["batch_index"]
+        for src, (epoch, index) in zip(self.sources[1:], checkpoint.get("streams", [])):
+            src.epoch, src.batch_index = epoch, index
+        self.history, self.sums = list(checkpoint["history"]), dict(checkpoint["sums"])
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        if self.device.type == "cuda" and "cuda" in checkpoint["rng"]:
+            torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], self.device)
+
+    def save(self) -> Path:
+        main = self.sources[0]
         rng = {"torch": torch.get_rng_state()}
-        if device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(device)
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
         state = {
-            "format": 1, "step": step, "epoch": epoch, "batch_index": batch_index,
-            "sums": dict(sums), "history": history, "rng": rng, "settings": settings,
-            "state": _state(programs.owner, params), "optimizer": optim.state_dict(),
-            "aux_optimizer": aux_optim.state_dict() if aux_optim is not None else {},
-            "objective": elbo.state_dict() if callable(getattr(elbo, "state_dict", None)) else {},
-            "model": {"class": type(programs.owner).__name__, "config": getattr(programs.owner, "config", {})},
-            "record": dict(record or {}),
+            "format": 1, "step": self.step, "epoch": self.epoch, "batch_index": main.batch_index,
+            "streams": [[src.epoch, src.batch_index] for src in self.sources[1:]],
+            "sums": dict(self.sums), "history": self.history, "rng": rng, "settings": self.settings,
+            "state": _state(self.programs.owner, self.params), "optimizer": self.optim.state_dict(),
+            "aux_optimizer": self.aux_optim.state_dict() if self.aux_optim is not None else {},
+            "objective": main.elbo.state_dict() if callable(getattr(main.elbo, "state_dict", None)) else {},
+            "model": {"class": type(self.programs.owner).__name__, "config": getattr(self.programs.owner, "config", {})},
+            "record": self.record,
         }
-        return save_checkpoint(state, run_dir / CHECKPOINT_NAME)
+        return save_checkpoint(state, self.run_dir / CHECKPOINT_NAME)
 
-    # ------------------------------------------------------------ loop
-    from tqdm.auto import tqdm
+    # ------------------------------------------------------------ one step
+    def _stream_batch(self, src: _Source, seed: int, index: int) -> Data:
+        """The next minibatch of a stream; a new pass (and order) when one ends."""
+        batches = src.batches(seed + 7919 * index, src.epoch, self.rank, self.world)
+        if src.batch_index >= len(batches):
+            src.epoch, src.batch_index = src.epoch + 1, 0
+            batches = src.batches(seed + 7919 * index, src.epoch, self.rank, self.world)
+        xb = src.data.index(batches[src.batch_index])
+        src.batch_index += 1
+        return xb
 
-    total_steps = epochs * steps_per_epoch
-    bar = tqdm(total=total_steps, initial=min(step, total_steps), disable=not progress or rank != 0,
-               desc="fit", unit="step", dynamic_ncols=True)
-    all_params = list(params.values())
-    seconds_before = history[-1]["seconds"] if history else 0.0  # wall time is cumulative across resumes
-    start = time.perf_counter()
-    try:
-        with pyro.validation_enabled(False):
-            while epoch < epochs:
-                if callable(epoch_view):  # a pure function of (seed, epoch): resumes and ranks agree
-                    train = train.replace_x(epoch_view(epoch).to(device))
-                order = torch.randperm(num_data, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-                if world > 1:  # equal shards, padded by wrapping around, as DistributedSampler does
-                    order = torch.cat([order, order[: (-num_data) % world]])[rank::world]
-                batches = order.to(device).split(batch_size)
-                if drop_short:
-                    batches = batches[:steps_per_epoch]
-                while batch_index < len(batches):
-                    xb = train.index(batches[batch_index])
-                    weight = schedule(step)
-                    scaler.scale = num_data / len(xb)  # N / B on each rank; averaging over ranks keeps it unbiased
-                    optim.zero_grad(set_to_none=True)
-                    if ddp is not None:  # DDP averages the gradients during backward; then the loss
-                        loss_tensor, surrogate = ddp(*xb.args, **xb.kwargs, **programs.kwargs(weight, step))
-                        surrogate.backward()
-                        loss_tensor = loss_tensor.detach().reshape(1).clone()
-                        torch.distributed.all_reduce(loss_tensor)
-                        loss = float(loss_tensor) / world
-                    else:
-                        loss = step_objective.loss_and_grads(model, guide, *xb.args, **xb.kwargs,
-                                                             **programs.kwargs(weight, step))
-                        if world > 1:  # one all-reduce: gradients and the loss, so every rank sees a NaN anywhere
-                            loss = _average_gradients(all_params, world, loss)
-                    if not math.isfinite(loss):
-                        where = f"; the last good checkpoint is {run_dir / CHECKPOINT_NAME}" if writer and (run_dir / CHECKPOINT_NAME).exists() else ""
-                        raise TrainingDiverged(
-                            f"Training stopped: the loss became {loss} at step {step} (epoch {epoch + 1}, "
-                            f"batch {batch_index + 1}); this step's gradients were not applied{where}. "
-                            "Try a smaller lr, or check the data and the likelihood's scale."
-                        )
-                    optim.step()
-                    if aux_optim is not None:
-                        aux_optim.zero_grad(set_to_none=True)
-                        terms = aux_loss(*xb.args, **xb.kwargs)
-                        terms["loss"].backward()
-                        if world > 1:
-                            _average_gradients(aux_params, world)
-                        aux_optim.step()
-                        for key, value in terms.items():
-                            sums[f"aux_{key}"] = sums.get(f"aux_{key}", 0.0) + float(torch.as_tensor(value).detach())
-                    step += 1
-                    batch_index += 1
-                    sums["loss"] += loss / num_data
-                    sums["count"] += 1
-                    bar.update(1)
-                    if step % 25 == 0 or batch_index == len(batches):
-                        bar.set_postfix(loss=f"{sums['loss'] / sums['count']:.2f}", epoch=epoch + 1, refresh=False)
-                    if writer and checkpoint_every and step % checkpoint_every == 0 and batch_index < len(batches):
-                        save()
-                count = max(sums["count"], 1)
-                row = {"epoch": epoch + 1, "step": step, "train_loss": sums["loss"] / count,
-                       "kl_weight": schedule(step - 1)}
-                row.update({k: v / count for k, v in sums.items() if k.startswith("aux_")})
-                if valid is not None and rank == 0:
-                    row["valid_elbo"] = evaluate_elbo(obj, valid, seed=seed, data_plate=structure.data_plate)
-                row["seconds"] = seconds_before + time.perf_counter() - start
-                history.append(row)
-                epoch, batch_index, sums = epoch + 1, 0, {"loss": 0.0, "count": 0}
-                if writer:
-                    _write_history(run_dir, history)
-                    save()
-    finally:
-        bar.close()
-    if isinstance(step_objective, Compiled):
-        eager_reason = step_objective.eager_reason
-    distributed = None if world <= 1 else ("ddp" if ddp is not None else "all-reduce")
-    return FitResult(model=obj, history=history, run_dir=run_dir, step=step, eager_reason=eager_reason,
-                     distributed=distributed)
+    def _step(self, xb: Data, seed: int, batch_number: int) -> None:
+        """One optimizer step on the minibatch ``xb`` of fit's data (plus one of every stream)."""
+        main = self.sources[0]
+        weight = self.schedule(self.step)
+        self.optim.zero_grad(set_to_none=True)
+        kwargs = self.programs.kwargs(weight, self.step)
+        if self.ddp is not None:  # DDP averages the gradients during backward; then the loss
+            main.scaler.scale = main.num_data / len(xb)
+            loss_tensor, surrogate = self.ddp(*xb.args, **xb.kwargs, **kwargs)
+            surrogate.backward()
+            loss_tensor = loss_tensor.detach().reshape(1).clone()
+            torch.distributed.all_reduce(loss_tensor)
+            losses = [float(loss_tensor) / self.world]
+        else:
+            losses = [main.loss_and_grads(xb, kwargs)]
+            for index, src in enumerate(self.sources[1:], 1):
+                batch = self._stream_batch(src, seed, index)
+                losses.append(src.loss_and_grads(batch, src.programs.kwargs(weight, self.step)))
+            if self.world > 1:  # one all-reduce: gradients and the losses, so every rank sees a NaN anywhere
+                losses = _average_gradients(list(self.params.values()), self.world, losses)
+        total = sum(losses)
+        if not math.isfinite(total):
+            path = self.run_dir / CHECKPOINT_NAME if self.writer else None
+            where = f"; the last good checkpoint is {path}" if path is not None and path.exists() else ""
+            raise TrainingDiverged(
+                f"Training stopped: the loss became {total} at step {self.step} (epoch {self.epoch + 1}, "
+                f"batch {batch_number}); this step's gradients were not applied{where}. "
+                "Try a smaller lr, or check the data and the likelihood's scale."
+            )
+        self.optim.step()
+        if self.aux_optim is not None:
+            self.aux_optim.zero_grad(set_to_none=True)
+            terms = self.aux_loss(*xb.args, **xb.kwargs)
+            terms["loss"].backward()
+            if self.world > 1:
+                _average_gradients(self.aux_params, self.world)
+            self.aux_optim.step()
+            for key, value in terms.items():
+                self.sums[f"aux_{key}"] = self.sums.get(f"aux_{key}", 0.0) + float(torch.as_tensor(value).detach())
+        self.step += 1
+        self.sums["loss"] += losses[0] / main.num_data
+        for index, (src, loss) in enumerate(zip(self.sources[1:], losses[1:]), 1):
+            key = f"stream{index}_loss"
+            self.sums[key] = self.sums.get(key, 0.0) + loss / src.num_data
+        self.sums["count"] += 1
+
+    # ------------------------------------------------------------ the loop
+    def run(self, epochs: int, epoch_view: Callable | None, valid: Data | None, seed: int) -> None:
+        from tqdm.auto import tqdm
+
+        main = self.sources[0]
+        steps_per_epoch = len(main.batches(seed, 0, self.rank, self.world))
+        total_steps = epochs * steps_per_epoch
+        bar = tqdm(total=total_steps, initial=min(self.step, total_steps), disable=not self.progress or self.rank != 0,
+                   desc="fit", unit="step", dynamic_ncols=True)
+        seconds_before = self.history[-1]["seconds"] if self.history else 0.0  # cumulative across resumes
+        start = time.perf_counter()
+        try:
+            with pyro.validation_enabled(False):
+                while self.epoch < epochs:
+                    if callable(epoch_view):  # a pure function of (seed, epoch): resumes and ranks agree
+                        main.data = main.data.replace_x(epoch_view(self.epoch).to(self.device))
+                    batches = main.batches(seed, self.epoch, self.rank, self.world)
+                    while main.batch_index < len(batches):
+                        self._step(main.data.index(batches[main.batch_index]), seed, main.batch_index + 1)
+                        main.batch_index += 1
+                        bar.update(1)
+                        if self.step % 25 == 0 or main.batch_index == len(batches):
+                            bar.set_postfix(loss=f"{self.sums['loss'] / self.sums['count']:.2f}",
+                                            epoch=self.epoch + 1, refresh=False)
+                        if (self.writer and self.checkpoint_every and self.step % self.checkpoint_every == 0
+                                and main.batch_index < len(batches)):
+                            self.save()
+                    self._end_epoch(valid, seed, seconds_before + time.perf_counter() - start)
+        finally:
+            bar.close()
+
+    def _end_epoch(self, valid: Data | None, seed: int, seconds: float) -> None:
+        count = max(self.sums["count"], 1)
+        row = {"epoch": self.epoch + 1, "step": self.step, "train_loss": self.sums["loss"] / count,
+               "kl_weight": self.schedule(self.step - 1)}
+        row.update({k: v / count for k, v in self.sums.items() if k.startswith(("aux_", "stream"))})
+        if valid is not None and self.rank == 0:
+            row["valid_elbo"] = evaluate_elbo(self.obj, valid, seed=seed,
+                                              data_plate=self.sources[0].structure.data_plate)
+        row["seconds"] = seconds
+        self.history.append(row)
+        self.epoch, self.sources[0].batch_index, self.sums = self.epoch + 1, 0, {"loss": 0.0, "count": 0}
+        if self.writer:
+            _write_history(self.run_dir, self.history)
+            self.save()
+
+
+def _broadcast(params: Any) -> None:
+    for p in params:
+        torch.distributed.broadcast(p.data, src=0)
 
 
 class _ObjectiveModule(torch.nn.Module):
@@ -594,12 +789,12 @@ def _data_parallel(programs: Programs, objective: ELBO, model: Callable, guide: 
                                    broadcast_buffers=False)
 
 
-def _average_gradients(params: list[torch.Tensor], world: int, loss: float | None = None) -> float | None:
-    """Average gradients (and ``loss``, if given) over ranks with one all-reduce of a flat buffer."""
+def _average_gradients(params: list[torch.Tensor], world: int, losses: list[float] | None = None) -> list[float] | None:
+    """Average gradients (and ``losses``, if given) over ranks with one all-reduce of a flat buffer."""
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     parts = [g.reshape(-1) for g in grads]
-    if loss is not None:
-        parts.append(torch.tensor([loss], dtype=parts[0].dtype, device=parts[0].device))
+    if losses is not None:
+        parts.append(torch.tensor(losses, dtype=parts[0].dtype, device=parts[0].device))
     flat = torch.cat(parts)
     torch.distributed.all_reduce(flat)
     flat /= world
@@ -612,4 +807,4 @@ def _average_gradients(params: list[torch.Tensor], world: int, loss: float | Non
         else:
             p.grad.copy_(averaged)
         offset += n
-    return float(flat[-1]) if loss is not None else None
+    return flat[offset:].tolist() if losses is not None else None
