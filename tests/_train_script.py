@@ -15,6 +15,8 @@ import os
 import sys
 import time
 
+import pyro
+import pyro.distributions as dist
 import torch
 from pyro.infer import Trace_ELBO
 
@@ -39,6 +41,28 @@ class SlowVAE(pyrovae.VAE):
         if self.poisoned:
             x = x * float("nan")
         return super().model(x, kl_weight=kl_weight)
+
+
+class ConditionalVAE(torch.nn.Module):
+    """A user's conditional VAE p(x | y) = ∫ p(z) p(x | y, z) dz, trained on ``(x, y)``, plate "points"."""
+
+    def __init__(self, x_dim: int, y_dim: int) -> None:
+        super().__init__()
+        self.decoder = torch.nn.Linear(2 + y_dim, x_dim)
+        self.encoder = torch.nn.Linear(x_dim + y_dim, 4)
+
+    def model(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        pyro.module("conditional", self)
+        with pyro.plate("points", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
+            logits = self.decoder(torch.cat([z, y], -1))
+            pyro.sample("x", dist.Bernoulli(logits=logits).to_event(1), obs=x)
+
+    def guide(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        pyro.module("conditional", self)
+        with pyro.plate("points", x.shape[0]):
+            loc, raw = self.encoder(torch.cat([x, y], -1)).chunk(2, -1)
+            pyro.sample("z", dist.Normal(loc, torch.nn.functional.softplus(raw) + 1e-3).to_event(1))
 
 
 class RecordingELBO(Trace_ELBO):
@@ -67,15 +91,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--record", action="store_true")
     parser.add_argument("--nan-step", type=int, default=None, help="poison the data from this training step on")
     parser.add_argument("--nan-rank", type=int, default=None, help="poison only on this rank (default: all)")
-    parser.add_argument("--model", choices=("slow_vae", "factor_vae"), default="slow_vae",
-                        help="factor_vae: a model with an auxiliary (discriminator) step")
+    parser.add_argument("--model", choices=("slow_vae", "factor_vae", "conditional"), default="slow_vae",
+                        help="factor_vae: a model with an auxiliary (discriminator) step; conditional: a user's "
+                             "nn.Module trained on (x, y)")
+    parser.add_argument("--stream", action="store_true", help="add a Stream of the first 100 points (x, y)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(1)
     rank = os.environ.get("RANK", "0")
     data = pyrovae.datasets.load("digits", binarize=True)
     torch.manual_seed(1234)  # the networks' initial weights (fit's seed covers the rest)
-    if args.model == "factor_vae":
+    streams = []
+    if args.model == "conditional":
+        x = data.x.reshape(len(data.x), -1)
+        y = torch.nn.functional.one_hot(data.labels, 10).float()
+        vae = ConditionalVAE(x.shape[1], 10)
+        data = (x, y)
+        if args.stream:
+            streams = [pyrovae.Stream((x[:100], y[:100]), batch_size=32)]
+    elif args.model == "factor_vae":
         vae = pyrovae.MODELS["factor_vae"](data.shape, z_dim=2, hidden=(32,), arch="mlp", discriminator_hidden=(16,))
     else:
         vae = SlowVAE(data.shape, z_dim=2, hidden=(32,), arch="mlp")
@@ -94,6 +128,7 @@ def main(argv: list[str] | None = None) -> None:
         checkpoint_every=args.checkpoint_every,
         resume=args.resume,
         progress=False,
+        streams=streams,
     )
     try:
         result = pyrovae.fit(vae, data, **options)

@@ -176,3 +176,19 @@ def test_ddp_wraps_the_compiled_objective_and_ranks_agree(torchrun_ddp):
 def test_an_objective_without_a_single_surrogate_falls_back_to_one_all_reduce(torchrun):
     # the recording objective is a Trace_ELBO subclass that overrides loss_and_grads: no surrogate to wrap
     assert all(_load(torchrun, r)["distributed"] == "all-reduce" for r in range(WORLD))
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["ddp", "with-a-stream"])
+def test_a_user_pair_on_x_y_data_trains_data_parallel(tmp_path, stream):
+    """(x, y) data sharded across ranks: DistributedDataParallel around a user's own module, or one
+    all-reduce per step when a stream adds a second objective; the ranks stay bit-identical."""
+    extra = ("--stream",) if stream else ()
+    _succeeded(_run_two_ranks(tmp_path, "--model", "conditional", "--epochs", "2", "--batch-size", "64",
+                              "--result", str(tmp_path / "rank{rank}.pt"), *extra))
+    results = [_load(tmp_path, r) for r in range(WORLD)]
+    assert results[0]["distributed"] == ("all-reduce" if stream else "ddp")
+    for k, v in results[0]["state"].items():
+        assert torch.equal(results[1]["state"][k], v), f"rank 1 differs from rank 0 in {k}"
+    history = results[0]["history"]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert ("stream1_loss" in history[-1]) == stream
