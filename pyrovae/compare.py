@@ -50,8 +50,6 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.infer import ELBO
-from pyro.poutine.trace_struct import Trace
-from pyro.poutine.util import site_is_subsample
 
 from pyrovae.objectives import make_objective
 from pyrovae.objectives.graph import BASELINE_PREFIX
@@ -64,6 +62,7 @@ from pyrovae.programs import (
     inspect_pair,
     resolve_programs,
     set_data_plate,
+    split_parameters,
     trace_pair,
     validate_batch,
 )
@@ -320,62 +319,6 @@ def compare_estimators(
     if verbose:
         print(result.table())
     return result
-
-
-def split_parameters(model_trace: Trace, guide_trace: Trace) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Encoder and decoder parameters of a pair: the parameters each program computes with.
-
-    Where ``pyro.param``/``pyro.module`` was called says where a parameter was
-    registered, not which program reads it: Pyro's semi-supervised (M2) example
-    registers its whole module, encoders included, in the model.  So the split
-    follows autograd.  The candidates are the unconstrained leaves of every
-    param site of either trace; the *encoder* is those the guide's computation
-    depends on (its sample sites' log-densities and sampled values); the
-    *decoder* is the other candidates the model's computation depends on (every
-    site's log-density and value).  A parameter neither program reads is in
-    neither.  Only the dependence counts, not the value of a gradient: a
-    parameter behind a dead ReLU is still read.
-
-    Both traces must be recorded with gradients on (not under ``torch.no_grad``),
-    the model's replayed against the guide's, as
-    ``poutine.trace(poutine.replay(model, trace=guide_trace))`` records it.
-
-    :param model_trace: the model's trace, replayed against ``guide_trace``.
-    :param guide_trace: the guide's trace.
-    :returns: ``(encoder, decoder)``, each ``{name: unconstrained leaf}``, in
-        the order the sites appear, guide first.
-
-    Example::
-
-        guide_trace = poutine.trace(guide).get_trace(x)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
-        encoder, decoder = split_parameters(model_trace, guide_trace)
-    """
-    candidates: dict[str, torch.Tensor] = {}
-    for trace in (guide_trace, model_trace):
-        for name, site in trace.nodes.items():
-            if site["type"] == "param" and name not in candidates:
-                value = site["value"]
-                leaf = value.unconstrained() if hasattr(value, "unconstrained") else value
-                if isinstance(leaf, torch.Tensor) and leaf.requires_grad:
-                    candidates[name] = leaf
-
-    def read_by(trace: Trace) -> dict[str, torch.Tensor]:
-        outputs = []
-        for site in trace.nodes.values():
-            if site["type"] != "sample" or site_is_subsample(site):
-                continue
-            log_prob = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
-            outputs += [t.sum() for t in (log_prob, site["value"]) if isinstance(t, torch.Tensor) and t.requires_grad]
-        if not outputs or not candidates:
-            return {}
-        # the guide's graph is part of the model's (replayed values): keep it for the second call
-        grads = torch.autograd.grad(outputs, list(candidates.values()), allow_unused=True, retain_graph=True)
-        return {name: leaf for (name, leaf), g in zip(candidates.items(), grads) if g is not None}
-
-    encoder = read_by(guide_trace)
-    decoder = {name: leaf for name, leaf in read_by(model_trace).items() if name not in encoder}
-    return encoder, decoder
 
 
 def _not_applicable(elbo: ELBO, model: Callable, guide: Callable, batch: Data) -> str | None:

@@ -53,11 +53,11 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
-from pyro.poutine.util import prune_subsample_sites
 from pyro.util import warn_if_nan
 from torch import nn
 
 from pyrovae.objectives.importance import param_leaves
+from pyrovae.programs import trace_programs
 
 __all__ = ["Compiled", "loss_and_surrogate_of"]
 
@@ -347,9 +347,7 @@ class Compiled(ELBO):
     def _check_programs(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> None:
         """Reparameterized guide, and every trained parameter inside the module."""
         with poutine.block(), torch.no_grad():
-            guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
-        guide_trace, model_trace = prune_subsample_sites(guide_trace), prune_subsample_sites(model_trace)
+            model_trace, guide_trace = trace_programs(model, guide, args, kwargs)
         for site in guide_trace.nodes.values():
             if site["type"] == "sample" and not site["is_observed"]:
                 if not getattr(site["fn"], "has_rsample", False) or site["infer"].get("enumerate"):
