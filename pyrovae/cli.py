@@ -1,7 +1,9 @@
 """The ``pyrovae`` command: a thin layer over the public API.
 
 Errors the user can fix are printed as one line (``pyrovae: error: ...``) with
-exit status 2, never as a traceback.
+exit status 2, never as a traceback: the command's own :class:`UsageError`, the
+library's ``ValueError`` (its documented bad-input error), a missing file and a
+diverged training.  Anything else is a bug and shows its traceback.
 """
 
 from __future__ import annotations
@@ -15,13 +17,26 @@ from typing import Any
 
 from pyrovae.compare import DEFAULT_OBJECTIVES, compare_estimators
 from pyrovae.datasets import DATASETS, load
-from pyrovae.experiment import RunConfig, evaluate_run, run, sweep, sweep_parameter
+from pyrovae.experiment import (
+    RunConfig,
+    check_dataset_options,
+    evaluate_run,
+    resume_config,
+    run,
+    sweep,
+    sweep_parameter,
+)
 from pyrovae.metrics import METRICS
 from pyrovae.models import MODELS, make_model
 from pyrovae.objectives import OBJECTIVES
 from pyrovae.train import TrainingDiverged, fit
 
-__all__ = ["main", "DEMO"]
+__all__ = ["main", "DEMO", "UsageError"]
+
+
+class UsageError(ValueError):
+    """Bad command-line input the user can fix (printed as one line, exit status 2)."""
+
 
 #: the main job: a β-VAE on procedural sprites (dSprites' factor grid, rendered here, no
 #: download); about 2,000 steps, a few minutes on 2 cores
@@ -59,10 +74,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
     demo.add_argument("--epochs", type=int, default=None, help=f"epochs (default: {DEMO.epochs})")
 
+    # train's flags default to None (not given): RunConfig holds the defaults, and --resume
+    # can tell which flags were given (every one but --epochs and --no-progress is refused)
     train = sub.add_parser("train", help="train a model", epilog=_tables(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    train.add_argument("--model", default="vae", choices=sorted(MODELS))
-    train.add_argument("--dataset", default="digits", choices=sorted(DATASETS))
-    train.add_argument("--objective", default="elbo", choices=sorted(OBJECTIVES))
+    train.add_argument("--model", choices=sorted(MODELS), help=f"(default: {RunConfig.model})")
+    train.add_argument("--dataset", choices=sorted(DATASETS), help=f"(default: {RunConfig.dataset})")
+    train.add_argument("--objective", choices=sorted(OBJECTIVES), help=f"(default: {RunConfig.objective})")
     train.add_argument("--num-particles", type=int, default=None, help="samples per point (iwae's K)")
     train.add_argument("--alpha", type=float, default=None, help="Rényi order (objective renyi)")
     train.add_argument("--beta", type=float, default=None,
@@ -73,11 +90,12 @@ def _parser() -> argparse.ArgumentParser:
                        help="a constructor argument of the model, e.g. -o gamma=40 -o capacity_steps=2000 "
                             "(VALUE read as JSON, else as text); repeatable")
     train.add_argument("--likelihood", default=None, help="observation family (default: from the data's support)")
-    train.add_argument("--epochs", type=int, default=20)
-    train.add_argument("--batch-size", type=int, default=128)
-    train.add_argument("--lr", type=float, default=1e-3)
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    train.add_argument("--epochs", type=int, default=None,
+                       help=f"epochs in total (default: {RunConfig.epochs}); with --resume, extends the run to this many")
+    train.add_argument("--batch-size", type=int, default=None, help=f"(default: {RunConfig.batch_size})")
+    train.add_argument("--lr", type=float, default=None, help=f"(default: {RunConfig.lr})")
+    train.add_argument("--seed", type=int, default=None, help=f"(default: {RunConfig.seed})")
+    train.add_argument("--device", default=None, help=f"cpu, cuda or auto (default: {RunConfig.device})")
     train.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints")
     train.add_argument("--no-jit", action="store_true", help="run every training step eagerly (no torch.jit.trace)")
     train.add_argument("--binarize", nargs="?", const=True, default=None, metavar="MODE",
@@ -85,7 +103,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--data-root", default=None, help="data folder (default: $PYROVAE_DATA_DIR or ~/.cache/pyrovae)")
     train.add_argument("--num-train", type=int, default=None, help="training points (sprites, dsprites)")
     train.add_argument("--out", default=None, help="run folder (default: runs/<model>-<dataset>)")
-    train.add_argument("--resume", metavar="RUN", default=None, help="continue the run in this folder")
+    train.add_argument("--resume", metavar="RUN", default=None,
+                       help="continue the run in this folder, as its config.json records it (only --epochs may change)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     evaluate = sub.add_parser("evaluate", help="log p(x), ELBO, IWAE-k bounds (and disentanglement metrics) of a run")
@@ -183,30 +202,35 @@ def _model_options(args: argparse.Namespace, **flags: Any) -> dict[str, Any]:
         if value is None:
             continue
         if key in options and options[key] != value:
-            raise ValueError(f"{key} is given twice, as --{key.replace('_', '-')} {value} and as -o {key}={options[key]}")
+            raise UsageError(f"{key} is given twice, as --{key.replace('_', '-')} {value} and as -o {key}={options[key]}")
         options[key] = value
     return options
 
 
+#: train's flags that may go with --resume (the others would change what the run computes)
+_RESUME_FLAGS = {"command", "resume", "epochs", "no_progress"}
+
+
 def _train_config(args: argparse.Namespace) -> RunConfig:
-    model_options = _model_options(args, z_dim=args.z_dim, likelihood=args.likelihood)
-    return RunConfig(
-        model=args.model,
-        model_options=model_options,
-        dataset=args.dataset,
-        dataset_options=_dataset_options(args),
-        objective=args.objective,
-        num_particles=args.num_particles,
-        alpha=args.alpha,
-        kl_weight=args.beta,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        device=args.device,
-        checkpoint_every=args.checkpoint_every,
-        jit=False if args.no_jit else None,
-    )
+    """The RunConfig of the flags given (RunConfig's defaults for the others); checks them all."""
+    given = {
+        "model": args.model,
+        "model_options": _model_options(args, z_dim=args.z_dim, likelihood=args.likelihood),
+        "dataset": args.dataset,
+        "dataset_options": _dataset_options(args),
+        "objective": args.objective,
+        "num_particles": args.num_particles,
+        "alpha": args.alpha,
+        "kl_weight": args.beta,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "seed": args.seed,
+        "device": args.device,
+        "checkpoint_every": args.checkpoint_every,
+        "jit": False if args.no_jit else None,
+    }
+    return RunConfig(**{key: value for key, value in given.items() if value is not None})
 
 
 def _report(numbers: dict, out: Path) -> None:
@@ -224,10 +248,18 @@ def _demo(args: argparse.Namespace) -> None:
 
 def _train(args: argparse.Namespace) -> None:
     if args.resume:
-        if args.model_option:
-            raise ValueError("-o/--model-option cannot change a resumed run (its config.json holds the model)")
+        # "not given" is None, False (a store_true flag) or [] (-o); by identity, so that --seed 0 counts as given
+        given = [f"--{dest.replace('_', '-')}" for dest, value in vars(args).items()
+                 if dest not in _RESUME_FLAGS and value is not None and value is not False and value != []]
+        if given:
+            raise UsageError(f"{', '.join(given)} cannot change a resumed run ({args.resume}/config.json holds its "
+                             "settings); with --resume give only --epochs N (to train N epochs in total) and --no-progress")
         out = Path(args.resume)
-        numbers = run(None, out, resume=True, progress=not args.no_progress)
+        before = RunConfig.load(out).epochs
+        after = resume_config(out, args.epochs).epochs  # refuses fewer epochs than the run has done
+        if after != before:
+            print(f"pyrovae: {out}: epochs {before} -> {after} in total (recorded in {out / 'config.json'})")
+        numbers = run(None, out, resume=True, epochs=args.epochs, progress=not args.no_progress)
     else:
         config = _train_config(args)
         out = Path(args.out or f"runs/{config.model}-{config.dataset}")
@@ -245,6 +277,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _compare_estimators(args: argparse.Namespace) -> None:
+    check_dataset_options(args.dataset, _dataset_options(args))
     data = load(args.dataset, "train", **_dataset_options(args))
     model = make_model(args.model, x_shape=data.shape, likelihood=data.likelihood)
     if args.epochs:
@@ -258,7 +291,7 @@ def _sweep(args: argparse.Namespace) -> None:
     values = args.values if args.values is not None else args.beta
     parameter = sweep_parameter(args.model, args.parameter)
     if args.beta is not None and parameter not in ("beta", "kl_weight"):
-        raise ValueError(f"--beta sets β, but {args.model} sweeps {parameter}: use --values (or --parameter kl_weight)")
+        raise UsageError(f"--beta sets β, but {args.model} sweeps {parameter}: use --values (or --parameter kl_weight)")
     model_options = _model_options(args, z_dim=args.z_dim)
     model_options.setdefault("z_dim", 10)
     config = RunConfig(model=args.model, model_options=model_options, dataset=args.dataset,
@@ -289,7 +322,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         COMMANDS[args.command](args)
-    except (ValueError, TypeError, FileNotFoundError, TrainingDiverged, json.JSONDecodeError) as e:
+    # UsageError and json.JSONDecodeError (a damaged config.json) are ValueErrors
+    except (ValueError, FileNotFoundError, TrainingDiverged) as e:
         print(f"pyrovae: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

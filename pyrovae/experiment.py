@@ -18,8 +18,9 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,18 +28,69 @@ import torch
 
 from pyrovae import plots
 from pyrovae.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from pyrovae.datasets import load
+from pyrovae.datasets import DATASETS, load
 from pyrovae.metrics import evaluate_metrics
 from pyrovae.metrics.likelihood import log_likelihood
 from pyrovae.models import MODELS, make_model
+from pyrovae.objectives import make_objective
+from pyrovae.programs import check_positive_int, resolve_programs, validate_data
+from pyrovae.schedules import SCHEDULES, make_schedule
 from pyrovae.train import evaluate_elbo, fit
 
-__all__ = ["RunConfig", "run", "load_run", "evaluate_run", "reconstruction_error", "sweep", "sweep_parameter"]
+__all__ = ["RunConfig", "run", "resume_config", "epochs_done", "load_run", "evaluate_run", "reconstruction_error",
+           "sweep", "sweep_parameter", "model_arguments", "check_model_options", "check_dataset_options"]
+
+
+def _keywords(function: Callable) -> set[str] | None:
+    """The keyword arguments ``function`` takes; None when it takes any (``**kwargs``)."""
+    parameters = inspect.signature(function).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return None
+    return {p.name for p in parameters if p.kind is not p.VAR_POSITIONAL}
+
+
+def model_arguments(model: str) -> list[str]:
+    """The constructor arguments of ``MODELS[model]`` that a run's ``model_options`` may set
+    (``x_shape`` comes from the data).  A subclass passes ``**kwargs`` on to its bases, so
+    every ``__init__`` along the MRO contributes."""
+    inits = [klass.__init__ for klass in MODELS[model].__mro__ if "__init__" in vars(klass) and klass is not object]
+    names: list[str] = []
+    for init in inits:
+        for name, p in inspect.signature(init).parameters.items():
+            if name not in ("self", "x_shape") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and name not in names:
+                names.append(name)
+    return names
+
+
+def check_model_options(model: str, options: Any) -> None:
+    """Refuse ``options`` that ``MODELS[model]``'s constructor does not take, naming them."""
+    if model not in MODELS:
+        raise ValueError(f"Expected model in {sorted(MODELS)}, got {model!r}")
+    _check_options(f"model={model!r}", options, model_arguments(model))
+
+
+def check_dataset_options(dataset: str, options: Any) -> None:
+    """Refuse ``options`` that the loader of ``DATASETS[dataset]`` does not take, naming them."""
+    if dataset not in DATASETS:
+        raise ValueError(f"Expected dataset in {sorted(DATASETS)}, got {dataset!r}")
+    accepted = _keywords(DATASETS[dataset])
+    _check_options(f"dataset={dataset!r}", options, None if accepted is None else accepted - {"split"})
+
+
+def _check_options(what: str, options: Any, accepted: set[str] | list[str] | None) -> None:
+    """Refuse options that are not a mapping, or that name an argument the callee does not take
+    (the callee would raise ``TypeError`` deep inside a run; this says which option, at once)."""
+    if not isinstance(options, Mapping):
+        raise ValueError(f"Expected {what} options to be a mapping, got {options!r}")  # noqa: TRY004 (bad input, often from a config.json)
+    unknown = [] if accepted is None else sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"{what} takes options {sorted(accepted)}, got unexpected {unknown}")
 
 
 @dataclasses.dataclass
 class RunConfig:
-    """Everything needed to reproduce a training run (JSON-serialisable)."""
+    """Everything needed to reproduce a training run (JSON-serialisable), checked at construction:
+    a bad value or an option the model or the data loader does not take is a ``ValueError`` at once."""
 
     model: str = "vae"
     model_options: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -58,14 +110,42 @@ class RunConfig:
     jit: bool | None = None
 
     def __post_init__(self) -> None:
-        if self.model not in MODELS:
-            raise ValueError(f"Expected model in {sorted(MODELS)}, got {self.model!r}")
+        # everything a run needs is checked here, so that a refused run writes nothing
+        check_model_options(self.model, self.model_options)
+        check_dataset_options(self.dataset, self.dataset_options)
+        make_objective(self.objective, num_particles=self.num_particles, alpha=self.alpha)
+        if self.kl_weight is not None:
+            if isinstance(self.kl_weight, Mapping) and self.kl_weight.get("name") in SCHEDULES:
+                schedule = SCHEDULES[self.kl_weight["name"]]
+                _check_options(f"kl_weight schedule {self.kl_weight['name']!r}", self.kl_weight,
+                               {"name"} | {f.name for f in dataclasses.fields(schedule)})
+            elif not isinstance(self.kl_weight, (int, float, Mapping)) or isinstance(self.kl_weight, bool):
+                raise ValueError(f"Expected kl_weight to be a number or a schedule mapping, got {self.kl_weight!r}")
+            make_schedule(self.kl_weight)
+        check_positive_int("epochs", self.epochs)
+        check_positive_int("batch_size", self.batch_size)
+        check_positive_int("seed", self.seed, minimum=0)
+        if self.checkpoint_every is not None:
+            check_positive_int("checkpoint_every", self.checkpoint_every)
+        lr = self.lr
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"Expected lr to be a finite number > 0, got {lr!r}")
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError):
+                raise ValueError(f"Expected device to be 'auto' or a torch device such as 'cpu' or 'cuda', "
+                                 f"got {self.device!r}") from None
+        if self.jit not in (None, True, False):
+            raise ValueError(f"Expected jit to be None, True or False, got {self.jit!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        if not isinstance(data, Mapping):
+            raise ValueError(f"Expected a run config to be a mapping of its fields, got {type(data).__name__}")  # noqa: TRY004 (bad input, often from a config.json)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -80,6 +160,37 @@ class RunConfig:
         return cls.from_dict(json.loads(path.read_text()))
 
 
+def epochs_done(run_dir: str | os.PathLike) -> int:
+    """Epochs the run in ``run_dir`` has trained, counting one it has begun (0 without a checkpoint)."""
+    path = Path(run_dir) / CHECKPOINT_NAME
+    if not path.exists():
+        return 0
+    checkpoint = load_checkpoint(path)
+    return int(checkpoint["epoch"]) + int(checkpoint.get("batch_index", 0) > 0)
+
+
+def resume_config(run_dir: str | os.PathLike, epochs: int | None = None) -> RunConfig:
+    """The config of the run in ``run_dir``, extended to ``epochs`` in total when given.
+
+    Writes nothing; :func:`run` with ``resume=True`` records the new total in ``config.json``.
+
+    :raises ValueError: ``epochs`` is below the epochs the run has already trained (or begun).
+    """
+    config = RunConfig.load(run_dir)
+    if epochs is None:
+        return config
+    check_positive_int("epochs", epochs)
+    done = epochs_done(run_dir)
+    if epochs < done:
+        raise ValueError(f"Cannot train {run_dir} to {epochs} epochs in total: it has already trained {done}")
+    return dataclasses.replace(config, epochs=epochs)
+
+
+def _check_device(device: str) -> None:
+    if device != "auto" and torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was requested but CUDA is not available; use device='cpu' or 'auto'")
+
+
 def run(
     config: RunConfig | None,
     out: str | os.PathLike,
@@ -90,24 +201,35 @@ def run(
 ) -> dict[str, Any]:
     """Train ``config`` into the folder ``out`` and write pictures and numbers there.
 
-    :param config: the run; ``None`` with ``resume=True`` reads ``out/config.json``.
+    Everything is checked (the config, the data, the model's arguments) before
+    anything is written: a refused run leaves ``out`` as it was.
+
+    :param config: the run; must be ``None`` with ``resume=True`` (``out/config.json`` holds it).
     :param resume: continue the run in ``out`` from its checkpoint.
-    :param epochs: a new total number of epochs (to extend a resumed run).
+    :param epochs: a new total number of epochs, at least those already trained
+        (extends a resumed run; ``config.json`` records the new total).
     :returns: the final numbers (also in ``out/results.json``), with the paths of
         the pictures under ``"pictures"``.
     """
     out = Path(out)
     if resume:
-        config = RunConfig.load(out)
+        if config is not None:
+            raise ValueError(f"run(resume=True) reads the config from {out / 'config.json'}; pass config=None "
+                             "(and epochs= to extend the run)")
+        config = resume_config(out, epochs)
     elif config is None:
         raise ValueError("run() needs a RunConfig unless resume=True")
-    if epochs is not None:
-        config = dataclasses.replace(config, epochs=epochs)
+    elif epochs is not None:
+        config = dataclasses.replace(config, epochs=epochs)  # RunConfig checks the new value
+    _check_device(config.device)
     train = load(config.dataset, "train", **config.dataset_options)
     valid = load(config.dataset, "valid", **config.dataset_options)
     test = load(config.dataset, "test", **config.dataset_options)
     options = {"likelihood": train.likelihood, **config.model_options}
     model = make_model(config.model, x_shape=train.shape, **options)
+    programs = resolve_programs(model)
+    validate_data(programs, train, "data")  # e.g. a likelihood whose support the data leave: fit would refuse
+    validate_data(programs, valid, "valid_data")
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
     result = fit(
@@ -216,15 +338,8 @@ def _representation(model: Any):
 def sweep_parameter(model: str, parameter: str | None = None) -> str:
     """The argument a sweep of ``model`` varies: ``parameter`` if given (checked), else the
     model's :attr:`~pyrovae.models.vae.VAE.tradeoff_parameter`, else ``"kl_weight"``."""
-    cls = MODELS[model]
-    parameter = parameter or cls.tradeoff_parameter or "kl_weight"
-    accepted = ["kl_weight"] + [
-        name
-        for klass in cls.__mro__
-        if "__init__" in vars(klass) and klass is not object
-        for name, p in inspect.signature(klass.__init__).parameters.items()
-        if name not in ("self", "x_shape", "likelihood") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-    ]
+    parameter = parameter or MODELS[model].tradeoff_parameter or "kl_weight"
+    accepted = ["kl_weight"] + [name for name in model_arguments(model) if name != "likelihood"]
     if parameter not in accepted:
         raise ValueError(f"Expected parameter to be one of {model}'s arguments {accepted}, got {parameter!r}")
     return parameter
