@@ -32,7 +32,7 @@ from pyrovae.amortization import amortization_gap
 from pyrovae.compare import compare_estimators, parse_objective
 from pyrovae.datasets.synthetic import LinearGaussian
 from pyrovae.handlers import plate_scale
-from pyrovae.objectives import DReG, RenyiBound, ReweightedWakeSleep, StickingTheLanding, make_objective
+from pyrovae.objectives import RenyiBound, ReweightedWakeSleep, StickingTheLanding, make_objective
 
 NUM_BATCHES = 40
 REPLICAS = 100
@@ -375,18 +375,6 @@ def test_importance_objectives_refuse_a_global_latent_naming_it():
     for name in ("iwae", "renyi", "rws", "stl", "dreg"):
         with pytest.raises(ValueError, match="'g' lies outside"):
             make_objective(name).loss(model, guide, torch.randn(3, dtype=torch.float64))
-
-
-def test_dreg_refuses_a_parameter_shared_by_model_and_guide():
-    pair, x = setup()
-    shared_guide = pair.guide
-
-    def guide(x):
-        pyro.param("W")  # the model's parameter, touched by the guide
-        shared_guide(x)
-
-    with pytest.raises(ValueError, match="'W' is a parameter of both"):
-        DReG(3).loss_and_grads(pair.model, guide, x)
 
 
 @pytest.mark.parametrize(

@@ -33,6 +33,9 @@ The names, and where pyrovae uses them:
 * ``pyro.infer.TraceMeanField_ELBO._differentiable_loss_particle`` --
   ``objectives/compiled.py`` (``_mean_field_elbo``, which takes the surrogate's
   value as the loss).
+* ``pyro.infer.TraceGraph_ELBO._loss_and_surrogate_loss`` -- ``objectives/graph.py``
+  (``GraphELBO.differentiable_loss``); its canary sits beside the objective's other
+  conventions, ``tests/test_objective_conventions.py::test_graph_uses_pyros_private_loss_and_surrogate_loss_as_its_step``.
 * ``pyro.poutine.messenger.Messenger._process_message``, overridden --
   ``handlers.py`` (``_TensorWeight``, ``plate_scale``), ``programs.py``
   (``_Unscaled``), ``objectives/graph.py`` (``_Baselines``).

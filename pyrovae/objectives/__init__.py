@@ -35,12 +35,13 @@ name           estimator
 The importance-weighted estimators (``iwae``, ``renyi``, ``rws``, ``stl``,
 ``dreg``) normalize weights over the particles of each data point and keep
 the minibatch scale out of the log-sum-exp (see
-:mod:`pyrovae.objectives.importance`); they need every site inside the plate
-``"data"`` and say which site is not.  ``stl`` and ``dreg`` also need
+:mod:`pyrovae.objectives.importance`); they need every site inside the
+per-point plate (found from the program, whatever its name) and say which site
+is not, before any particle is drawn when ``fit`` runs them.  ``stl`` and ``dreg`` also need
 reparameterized guide sites.
 
 :class:`~pyrovae.objectives.compiled.Compiled` wraps any of them but ``graph``
-and ``dreg`` (and Pyro's ``Trace_ELBO``/``TraceMeanField_ELBO``) into a step
+(and Pyro's ``Trace_ELBO``/``TraceMeanField_ELBO``) into a step
 recorded once with ``torch.jit.trace``: ``fit`` uses it for pyrovae's models.
 """
 

@@ -18,8 +18,8 @@ What can be compiled (checked before the first compiled step; otherwise the
 step runs eagerly and :attr:`Compiled.eager_reason` says why):
 
 * the objective exposes ``loss_and_surrogate(model, guide, *args, **kwargs)``
-  returning tensors (every :class:`~pyrovae.objectives.importance.ImportanceELBO`
-  but ``dreg``), or is Pyro's ``Trace_ELBO`` or ``TraceMeanField_ELBO``;
+  returning tensors (every :class:`~pyrovae.objectives.importance.ImportanceELBO`,
+  ``dreg`` included), or is Pyro's ``Trace_ELBO`` or ``TraceMeanField_ELBO``;
 * every parameter the pair trains belongs to one ``torch.nn.Module`` (a
   pyrovae model, or your object's networks registered with ``pyro.module``);
 * every latent site of the guide is reparameterized (no discrete choices, so

@@ -14,7 +14,7 @@ from pyro.infer.util import is_validation_enabled
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.subsample_messenger import _Subsample
 from pyro.poutine.trace_struct import Trace
-from pyro.util import check_if_enumerated
+from pyro.util import check_if_enumerated, warn_if_nan
 
 __all__ = ["GraphELBO"]
 
@@ -36,7 +36,7 @@ class GraphELBO(TraceGraph_ELBO):
     :math:`\log p - \log q` that :math:`z` influences, from Pyro's dependency
     tracking) and :math:`b_z` a baseline that does not depend on this draw, so
     the estimator stays unbiased.  This class is
-    :class:`pyro.infer.TraceGraph_ELBO` with two changes:
+    :class:`pyro.infer.TraceGraph_ELBO` with three changes:
 
     * every non-reparameterized guide site without its own ``infer={"baseline": ...}``
       gets Pyro's decaying-average baseline
@@ -47,6 +47,9 @@ class GraphELBO(TraceGraph_ELBO):
     * ``pathwise=False`` treats *every* latent site as non-reparameterized: the
       likelihood-ratio (REINFORCE) estimator, for comparing it with the
       pathwise one on the same Gaussian latent (:func:`pyrovae.compare_estimators`).
+    * :meth:`differentiable_loss` exists (Pyro's class has none), with the
+      loss's value and ``loss_and_grads``' gradient, so the objective also works
+      as ``objective(model, guide)``, Pyro's ``ELBOModule``.
 
     :param num_particles: particles per step (averaged).
     :param vectorize_particles: draw the particles in one vectorized pass.
@@ -98,6 +101,21 @@ class GraphELBO(TraceGraph_ELBO):
             if not name.startswith(BASELINE_PREFIX):
                 raise ValueError(f"Expected baseline names starting with {BASELINE_PREFIX!r}, got {name!r}")
             store[name] = value.to(device) if device is not None else value.clone()
+
+    def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
+        r"""The negative ELBO as a tensor whose gradient is :meth:`loss_and_grads`'s.
+
+        Pyro's ``TraceGraph_ELBO`` has none; this one follows Pyro's convention:
+        the value is :meth:`loss`'s on the same draws, the gradient that of the
+        surrogate :math:`S` that ``loss_and_grads`` backpropagates (the
+        Rao-Blackwellized score terms and any baseline network's loss),
+        :math:`-\mathrm{ELBO} + (S - \mathrm{sg}(S))`.  The decaying-average
+        baselines move exactly as in a ``loss_and_grads`` step, once per call.
+        """
+        elbo, surrogate = self._loss_and_surrogate_loss(model, guide, args, kwargs)
+        loss = -torch.as_tensor(elbo).detach()
+        warn_if_nan(loss, "loss")
+        return loss + (surrogate - surrogate.detach())
 
     def _get_trace(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> tuple[Trace, Trace]:
         # The handler wraps the (already particle-vectorized) guide, so it sees each

@@ -1,6 +1,6 @@
 r"""The small base of the importance-weighted estimators: per-point log weights.
 
-For a model/guide pair whose sites are local to the plate ``"data"``, each data
+For a model/guide pair whose sites are local to the per-point plate, each data
 point :math:`x_n` gets :math:`K` particles :math:`z_{n,k} \sim q_\phi(z \mid x_n)`
 (one vectorized pass, Pyro's ``num_particles_vectorized`` plate) and the log
 importance weights
@@ -27,10 +27,12 @@ Minibatch scale
     inside the weight.
 
 Condition (validated on every call, with the offending site named)
-    Every sample site of model and guide lies inside the plate ``"data"``
-    (latents local to a data point; no global latents), or none does, in which
-    case the whole trace is one "point".  The observations in the data plate
-    carry one common numeric scale.
+    Every sample site of model and guide lies inside the per-point plate
+    (latents local to a data point; no global latents).  That plate is the one
+    ``data_plate`` names (``fit`` sets it from :func:`pyrovae.programs.inspect_pair`),
+    else the plate around the observed sites whose size is the batch's, found
+    in the first trace (:func:`pyrovae.programs.find_data_plate`).  The
+    observations in the data plate carry one common numeric scale.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from pyro.infer import ELBO
 from pyro.infer.enum import get_importance_trace
 from pyro.infer.util import is_validation_enabled
 from pyro.poutine.trace_struct import Trace
+from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_if_enumerated, warn_if_nan
 
 from pyrovae.programs import PYRO_PARTICLES, PointLayout, ProgramError, find_data_plate
@@ -100,7 +103,11 @@ class ImportanceELBO(ELBO):
 
     Subclasses choose the gradient estimator by overriding :meth:`_surrogate`;
     this class supplies the per-point weights (:meth:`log_weights`), the loss
-    value and the validation.  It always vectorizes particles.
+    value and the validation.  It always vectorizes particles.  As for Pyro's
+    own ELBOs, :meth:`loss_and_grads` returns :meth:`loss`'s value and
+    :meth:`differentiable_loss` has that value with the estimator's gradient
+    (same random state, same draws), so an instance works in
+    :class:`pyro.infer.SVI` and as ``objective(model, guide)`` (Pyro's ``ELBOModule``).
 
     :param num_particles: :math:`K`, particles per data point.
     :param alpha: the Rényi order :math:`\alpha` (1 = ELBO, 0 = IWAE).
@@ -202,16 +209,24 @@ class ImportanceELBO(ELBO):
         """The negative bound (a detached tensor) and the surrogate whose gradient is this estimator.
 
         Tensors only, no Python numbers read from tensors, so
-        :class:`~pyrovae.objectives.compiled.Compiled` can trace it.
+        :class:`~pyrovae.objectives.compiled.Compiled` can trace it (and
+        ``fit`` wraps it in ``DistributedDataParallel``).  A subclass that sets
+        it to ``None`` keeps its steps eager; :meth:`loss_and_grads` and
+        :meth:`differentiable_loss` compute the same pair either way.
         """
+        return self._loss_and_surrogate(model, guide, args, kwargs)
+
+    def _loss_and_surrogate(
+        self, model: Callable, guide: Callable, args: tuple, kwargs: dict
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         w = self._draw(model, guide, args, kwargs)
         self._validate(w)
         loss = -w.scale * self._bound(w.log_w.detach()).sum()
-        return loss, -w.scale * self._surrogate(w, args, kwargs, guide).sum()
+        return loss, -w.scale * self._surrogate(w, model, guide, args, kwargs).sum()
 
     def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
         """The loss as a float; backpropagates this estimator's surrogate into the parameters."""
-        loss, surrogate = self.loss_and_surrogate(model, guide, *args, **kwargs)
+        loss, surrogate = self._loss_and_surrogate(model, guide, args, kwargs)
         if surrogate.requires_grad:
             surrogate.backward()
         loss = loss.item()
@@ -219,15 +234,28 @@ class ImportanceELBO(ELBO):
         return loss
 
     def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """The surrogate loss (its value is not the bound; its gradient is this estimator's)."""
-        return self.loss_and_surrogate(model, guide, *args, **kwargs)[1]
+        r"""The loss as a tensor whose gradient is this estimator's (Pyro's convention).
+
+        Its value is :meth:`loss`'s on the same draws (the same random state) and
+        its gradient the surrogate's :math:`S`, the one :meth:`loss_and_grads`
+        backpropagates:
+
+        .. math::
+
+            \ell + \big(S - \mathrm{sg}(S)\big),
+
+        :math:`\ell` the negative bound (detached) and :math:`\mathrm{sg}` stop-gradient.
+        """
+        loss, surrogate = self._loss_and_surrogate(model, guide, args, kwargs)
+        warn_if_nan(loss, "loss")
+        return loss + (surrogate - surrogate.detach())
 
     # ------------------------------------------------------ for subclasses
     def _validate(self, w: LogWeights) -> None:
         """Checks of the traced pair; raise ``ValueError`` naming the site."""
 
-    def _surrogate(self, w: LogWeights, args: tuple, kwargs: dict, guide: Callable) -> torch.Tensor:
-        r"""Per-point surrogate, shape ``(B,)``; its gradient is the estimator.
+    def _surrogate(self, w: LogWeights, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+        r"""Per-point surrogate, shape ``(B,)``; its gradient is the estimator (its value is not used).
 
         The standard estimator: pathwise where the guide is reparameterized,
 
@@ -256,13 +284,17 @@ class ImportanceELBO(ELBO):
                     "use objective='elbo', 'graph', 'iwae' or 'rws' for non-reparameterized latents"
                 )
 
-    def _score_at_fixed_values(self, w: LogWeights, args: tuple, kwargs: dict, guide: Callable) -> torch.Tensor:
+    def _score_at_fixed_values(
+        self, w: LogWeights, args: tuple, kwargs: dict, guide: Callable, *, scaled: bool = True
+    ) -> torch.Tensor:
         r"""Per-point :math:`\log q_\phi(\bar z \mid x)` at the drawn values held fixed, ``(K, B)``.
 
         Its gradient is the score term :math:`\nabla_\phi \log q_\phi(z)|_z`.  With one
         latent site the site's own distribution scores the detached value; with
         several, a later site's parameters may depend on an earlier draw, so the
-        guide is rerun conditioned on all detached values.
+        guide is rerun conditioned on all detached values.  ``scaled``: as in the
+        log weight (sites' scales and masks, over the minibatch scale :math:`c`);
+        otherwise the sampling density itself, no scale and no mask.
         """
         latents = self._latent_sites(w.guide_trace)
         layout = PointLayout.of(w.model_trace, w.guide_trace, self._plate(w.model_trace, w.guide_trace, args, kwargs),
@@ -271,15 +303,38 @@ class ImportanceELBO(ELBO):
         if len(latents) <= 1:
             for site in latents:
                 lp = site["fn"].log_prob(site["value"].detach())
-                total = total + layout.per_point(scale_and_mask(lp, site["scale"], site["mask"]))
-            return total / w.scale
+                total = total + layout.per_point(scale_and_mask(lp, site["scale"], site["mask"]) if scaled else lp)
+            return total / w.scale if scaled else total
         values = {s["name"]: s["value"].detach() for s in latents}
         vguide = self._vectorized_num_particles(guide)
         with poutine.block():
             trace = poutine.trace(poutine.condition(vguide, data=values)).get_trace(*args, **kwargs)
-        trace.compute_log_prob()
+        if scaled:
+            trace.compute_log_prob()
         for name in values:
-            total = total + layout.per_point(trace.nodes[name]["log_prob"])
+            site = trace.nodes[name]
+            total = total + layout.per_point(site["log_prob"] if scaled else site["fn"].log_prob(site["value"]))
+        return total / w.scale if scaled else total
+
+    def _log_p_at_fixed_values(self, w: LogWeights, args: tuple, kwargs: dict, model: Callable) -> torch.Tensor:
+        r"""Per-point :math:`\log p_\theta(x, \bar z)` at the drawn latents held fixed, ``(K, B)``.
+
+        The model is rerun conditioned on the detached values, so the gradient is
+        :math:`\nabla \log p(x, z)\big|_{z}`: the model's direct reads of parameters
+        (its own, and any guide network it calls), without the path through :math:`z`.
+        ``log_p - _log_p_at_fixed_values`` has value zero and the pathwise gradient alone.
+        """
+        values = {s["name"]: s["value"].detach() for s in self._latent_sites(w.guide_trace)}
+        vmodel = self._vectorized_num_particles(model)
+        with poutine.block():
+            trace = poutine.trace(poutine.condition(vmodel, data=values)).get_trace(*args, **kwargs)
+        trace = prune_subsample_sites(trace)
+        trace.compute_log_prob()
+        layout = PointLayout.of(w.model_trace, w.guide_trace, self._plate(w.model_trace, w.guide_trace, args, kwargs),
+                                PARTICLE_PLATE)
+        total = layout.zeros()
+        for site in _samples(trace):
+            total = total + layout.per_point(site["log_prob"])
         return total / w.scale
 
 

@@ -32,7 +32,7 @@ class RenyiBound(ImportanceELBO):
     then not a bound and its gradient not the IWAE gradient.  Without a scale
     the two agree draw for draw.
 
-    Condition: all sites local to the plate ``"data"`` (see
+    Condition: all sites local to the per-point plate (see
     :mod:`pyrovae.objectives.importance`).
 
     :param num_particles: :math:`K`.

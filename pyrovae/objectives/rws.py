@@ -37,7 +37,7 @@ class ReweightedWakeSleep(ImportanceELBO):
     (dreams from the model) is left out: it needs guides that take the
     observations as a keyword, which pyrovae's do not.
 
-    Condition (validated): sites local to the plate ``"data"``;
+    Condition (validated): sites local to the per-point plate;
     ``num_particles >= 2``.
 
     :param num_particles: :math:`K`.
@@ -60,6 +60,6 @@ class ReweightedWakeSleep(ImportanceELBO):
         if num_particles < 2:
             raise ValueError(f"Expected num_particles >= 2 for objective='rws' (self-normalized weights), got {num_particles}")
 
-    def _surrogate(self, w: LogWeights, args: tuple, kwargs: dict, guide: Callable) -> torch.Tensor:
+    def _surrogate(self, w: LogWeights, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
         weights = self._normalized(w.log_w)
         return (weights * (w.log_p + w.log_q)).sum(0)

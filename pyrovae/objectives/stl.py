@@ -51,7 +51,7 @@ class StickingTheLanding(ImportanceELBO):
     pass), so a later site's dependence on an earlier draw stays pathwise.
 
     Condition (validated): every latent site of the guide is reparameterized,
-    and the sites are local to the plate ``"data"``.
+    and the sites are local to the per-point plate.
 
     :param num_particles: :math:`K`.
     :param alpha: 1 for the ELBO, 0 for IWAE (any Rényi order is accepted).
@@ -77,7 +77,7 @@ class StickingTheLanding(ImportanceELBO):
     def _validate(self, w: LogWeights) -> None:
         self._require_reparameterized(w.guide_trace, "objective='stl'")
 
-    def _surrogate(self, w: LogWeights, args: tuple, kwargs: dict, guide: Callable) -> torch.Tensor:
+    def _surrogate(self, w: LogWeights, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
         fixed = self._score_at_fixed_values(w, args, kwargs, guide)
         log_w_pathwise = w.log_p - (w.log_q - fixed + fixed.detach())
         return (self._normalized(w.log_w) * log_w_pathwise).sum(0)
