@@ -52,7 +52,6 @@ from pyro import poutine
 from pyro.infer import ELBO
 
 from pyrovae.objectives import make_objective
-from pyrovae.objectives.graph import BASELINE_PREFIX
 from pyrovae.programs import (
     Data,
     ProgramError,
@@ -273,9 +272,6 @@ def compare_estimators(
         for label, elbo in resolved:
             if math.isinf(getattr(elbo, "max_plate_nesting", 0)):
                 elbo.max_plate_nesting = nesting + int(bool(getattr(elbo, "vectorize_particles", False)))
-            store = pyro.get_param_store()
-            for key in [k for k in store.keys() if k.startswith(BASELINE_PREFIX)]:
-                del store[key]  # each objective starts its baselines afresh
             _zero(params)
             try:  # the program's structure first: no particle runs for an objective that cannot apply
                 check_objective(elbo, structure, f"objective={label.partition(':')[0]!r}")

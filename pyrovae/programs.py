@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import warnings
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -76,6 +77,7 @@ class Programs:
 
 def accepts(fn: Callable, name: str) -> bool:
     """Whether ``fn`` takes a keyword argument ``name`` (or ``**kwargs``)."""
+    fn = fn.forward if isinstance(fn, torch.nn.Module) else fn  # a module's __call__ is (*args, **kwargs)
     try:
         params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):
@@ -509,6 +511,14 @@ def inspect_pair(programs: Programs, data: Data, kwargs: Mapping[str, Any], *, d
     sizes = sorted({min(n, s) for s in sizes}, reverse=True)
     try:
         traces = [(b, *trace_pair(programs, data.index(slice(0, b)), kwargs)) for b in sizes]
+    except TypeError as error:
+        if "argument" not in str(error):
+            raise
+        given = ", ".join(f"data{label}" for label, _ in data.named())
+        raise TypeError(
+            f"{what} calls model and guide as SVI.step does, with the data's {len(data.args)} positional "
+            f"tensor(s) and {len(data.kwargs)} keyword tensor(s) ({given}), but they do not take them: {error}"
+        ) from error
     except Exception as error:
         # A program that runs only on the batch it was built for (per-point parameters), or that
         # subsamples the data itself (pyro.plate(name, N, subsample_size=B) indexing x): one whole trace
@@ -619,7 +629,8 @@ def unscaled(fn: Callable) -> Callable:
     return _Unscaled()(fn)
 
 
-_warned: set[tuple[int, tuple[str, ...]]] = set()
+#: the scaled sites already warned about, per program (weakly: a new program of the same id warns again)
+_warned: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def true_model(programs: Programs, structure: Structure, what: str) -> Programs:
@@ -627,9 +638,15 @@ def true_model(programs: Programs, structure: Structure, what: str) -> Programs:
     ``evaluate_elbo`` and the history's ``valid_elbo``), with a warning once per program
     when the program scaled its own sites."""
     if structure.user_scales:
-        key = (id(programs.model), tuple(sorted(structure.user_scales)))
-        if key not in _warned:
-            _warned.add(key)
+        model = programs.model
+        owner = getattr(model, "__self__", None) or getattr(model, "__func__", model)  # a bound method is new each time
+        sites = tuple(sorted(structure.user_scales))
+        try:
+            seen = _warned.setdefault(owner, set())
+        except TypeError:  # not weakly referable: warn every time rather than never
+            seen = set()
+        if sites not in seen:
+            seen.add(sites)
             warnings.warn(
                 f"{what} scores the true model: the program's own scales on {structure.user_scales} are dropped "
                 "(every site counts once; a scale is a training device)",

@@ -2,7 +2,8 @@ r"""TraceGraph_ELBO with decaying-average baselines on by default, and a likelih
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyro
@@ -88,19 +89,43 @@ class GraphELBO(TraceGraph_ELBO):
         )
         self.baseline_beta = float(baseline_beta)
         self.pathwise = pathwise
+        #: the decaying-average baselines, by site name: this objective's own state
+        self.baselines: dict[str, torch.Tensor] = {}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """The decaying-average baselines (Pyro keeps them in the param store), for a checkpoint."""
-        store = pyro.get_param_store()
-        return {name: store[name].detach().cpu().clone() for name in store.keys() if name.startswith(BASELINE_PREFIX)}
+        """The decaying-average baselines, by site name, for a checkpoint."""
+        return {name: value.detach().cpu().clone() for name, value in self.baselines.items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor], device: torch.device | None = None) -> None:
-        """Put checkpointed baselines back in the param store, so a resumed run continues their averages."""
-        store = pyro.get_param_store()
+        """Take checkpointed baselines back, so a resumed run continues their averages."""
         for name, value in state.items():
-            if not name.startswith(BASELINE_PREFIX):
-                raise ValueError(f"Expected baseline names starting with {BASELINE_PREFIX!r}, got {name!r}")
-            store[name] = value.to(device) if device is not None else value.clone()
+            if not isinstance(name, str) or not isinstance(value, torch.Tensor):
+                raise ValueError(f"Expected baselines as {{site name: tensor}}, got {name!r}: {type(value).__name__}")
+        self.baselines = {name.removeprefix(BASELINE_PREFIX): value.to(device) if device is not None else value.clone()
+                          for name, value in state.items()}
+
+    @contextlib.contextmanager
+    def _lent_baselines(self) -> Iterator[None]:
+        """Pyro's TraceGraph_ELBO reads and writes a decaying-average baseline in the global param
+        store; lend it this objective's own for one call and take them back after, so two
+        objectives (or a user's parameters) never share or see them."""
+        store = pyro.get_param_store()
+        for name, value in self.baselines.items():
+            store[BASELINE_PREFIX + name] = value
+        try:
+            yield
+        finally:
+            for key in [k for k in store.keys() if k.startswith(BASELINE_PREFIX)]:
+                self.baselines[key.removeprefix(BASELINE_PREFIX)] = store[key].detach()
+                del store[key]
+
+    def loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
+        with self._lent_baselines():
+            return super().loss(model, guide, *args, **kwargs)
+
+    def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
+        with self._lent_baselines():
+            return super().loss_and_grads(model, guide, *args, **kwargs)
 
     def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
         r"""The negative ELBO as a tensor whose gradient is :meth:`loss_and_grads`'s.
@@ -112,7 +137,8 @@ class GraphELBO(TraceGraph_ELBO):
         :math:`-\mathrm{ELBO} + (S - \mathrm{sg}(S))`.  The decaying-average
         baselines move exactly as in a ``loss_and_grads`` step, once per call.
         """
-        elbo, surrogate = self._loss_and_surrogate_loss(model, guide, args, kwargs)
+        with self._lent_baselines():
+            elbo, surrogate = self._loss_and_surrogate_loss(model, guide, args, kwargs)
         loss = -torch.as_tensor(elbo).detach()
         warn_if_nan(loss, "loss")
         return loss + (surrogate - surrogate.detach())
