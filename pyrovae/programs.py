@@ -1,10 +1,28 @@
-"""What every consumer of a model/guide pair needs: the pair itself, and checks of its data.
+r"""What every consumer of a model/guide pair needs, found once: the pair, its data, its structure.
 
-``fit``, ``log_likelihood`` and ``compare_estimators`` take the same things (a
-pyrovae model, any object with ``model``/``guide`` methods, or a ``(model,
-guide)`` pair) and the same data (a tensor ``(N, ...)`` or a pyrovae
-``DataSet``); this module turns them into a :class:`Programs` and checks the
-data once, with the same messages everywhere.
+``fit``, ``log_likelihood``, ``evaluate_elbo``, ``compare_estimators`` and
+``amortization_gap`` take the same things (a pyrovae model, any object with
+``model``/``guide`` methods, or a ``(model, guide)`` pair of Pyro programs)
+and the same data (a tensor ``(N, ...)``, a pyrovae ``DataSet``, a tuple or
+dict of tensors called as ``SVI.step`` calls them, or a ``Dataset``).  This
+module turns them into a :class:`Programs` and a :class:`Data`, checks the
+data once, and reads the program's :class:`Structure` from plain traces on a
+few points -- before any particle, loss or gradient runs:
+
+* the **per-point plate**: the plate around the observed sites whose size
+  follows the batch (sized by it, or broadcast over it), whatever its name
+  (Pyro's ``get_dependent_plate_dims`` and NumPyro's ``RenyiELBO`` find it
+  from the program too); ``data_plate=`` names it where several qualify;
+* global and local latents, reparameterization, enumerated sites, the
+  program's own scales, every parameter (and, by :func:`split_parameters`,
+  which program computes with it);
+* refusals in one line naming the site: a global latent under an objective
+  that weighs points, a plate that subsamples itself, a ``pyro.module`` name
+  another instance holds in the param store.
+
+The per-point reduction of a vectorized trace (:class:`PointLayout`) and the
+rule for the true model every evaluation scores (:func:`true_model`: every
+scale removed) live here too, so objectives and evaluations share them.
 """
 
 from __future__ import annotations
@@ -31,7 +49,6 @@ __all__ = [
     "Structure",
     "accepts",
     "as_data",
-    "as_tensor",
     "check_objective",
     "check_positive_int",
     "device_of",
@@ -97,14 +114,6 @@ def resolve_programs(obj: Any) -> Programs:
             f"or a (model, guide) pair of functions; got {type(obj).__name__}"
         )
     return Programs(model, guide, owner, accepts(model, "kl_weight") and accepts(guide, "kl_weight"))
-
-
-def as_tensor(data: Any, name: str) -> torch.Tensor:
-    """The tensor of ``data`` (a tensor, or a ``DataSet``'s ``.x``); ``name`` is the argument named in errors."""
-    x = getattr(data, "x", data)  # a pyrovae DataSet or a tensor
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"Expected {name} to be a torch.Tensor (N, ...) or a pyrovae DataSet, got {type(data).__name__}")
-    return x
 
 
 def validate_data(programs: Programs, x: Any, name: str) -> None:

@@ -23,6 +23,7 @@ posterior, where :math:`\\log w` is constant in :math:`z`.
 from __future__ import annotations
 
 import math
+import types
 
 import pyro
 import pyro.distributions as dist
@@ -31,7 +32,7 @@ import torch
 from pyro import poutine
 from pyro.infer import SVI, TraceGraph_ELBO
 from pyro.infer.elbo import ELBOModule
-from test_estimators import GUIDE_PARAMS, MODEL_PARAMS, LinearPair, flat, take_grads
+from test_estimators import GUIDE_PARAMS, MODEL_PARAMS, LinearPair, flat, sampled_gradient, take_grads
 from test_estimators import setup as linear_setup
 
 import pyrovae
@@ -160,9 +161,7 @@ def test_graph_uses_pyros_private_loss_and_surrogate_loss_as_its_step():
 
 
 # ------------------------------------------------------- DReG when the model reads q
-#: gradient draws: NUM_BATCHES means of REPLICAS iid single-estimator draws (the batch repeated)
-NUM_BATCHES = 40
-REPLICAS = 100
+#: gradient draws: test_estimators' NUM_BATCHES (40) means of REPLICAS (100) iid draws (the batch repeated)
 #: weights of the two terms through which the model reads the guide's parameters A, c, L; a
 #: penalty weight as large as DIP-VAE's (10 to 100) makes a wrong weighting of it stand out
 PENALTY, DENSITY = 100.0, 0.5
@@ -198,18 +197,8 @@ def reading_model(pair: LinearPair, reads: str, density: float = DENSITY):
 
 
 def gradient_draws(elbo, model, guide, x: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, standard error) over NUM_BATCHES batch means of the loss's gradient per data point."""
-    elbo.max_plate_nesting = 2
-    xr = x.repeat(REPLICAS, 1)
-    pyro.set_rng_seed(seed)
-    draws = []
-    with pyro.validation_enabled(False):
-        for _ in range(NUM_BATCHES):
-            take_grads()
-            elbo.loss_and_grads(model, guide, xr)
-            draws.append(flat(take_grads()) / REPLICAS)
-    draws = torch.stack(draws)
-    return draws.mean(0), draws.std(0) / math.sqrt(NUM_BATCHES)
+    """(mean, standard error) over 40 batch means of the loss's gradient per data point."""
+    return sampled_gradient(elbo, types.SimpleNamespace(model=model, guide=guide), x, seed=seed)
 
 
 def z_scores(mean: torch.Tensor, se: torch.Tensor, reference: torch.Tensor, reference_se: torch.Tensor) -> torch.Tensor:

@@ -139,6 +139,7 @@ class ImportanceELBO(ELBO):
         super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting, vectorize_particles=True)
         self.alpha = float(alpha)
         self.data_plate = data_plate
+        self._found_plates: dict[tuple[str, ...], str] = {}  # per program (its sites), when data_plate is None
 
     # ------------------------------------------------------------- traces
     def _get_trace(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> tuple[Trace, Trace]:
@@ -165,18 +166,16 @@ class ImportanceELBO(ELBO):
         """The per-point plate: as set (by ``fit``), else found in this trace by the batch's size."""
         if self.data_plate is not None:
             return self.data_plate
-        found = getattr(self, "_found_plates", {})
         key = tuple(model_trace.nodes)  # the program, by its sites
-        if key not in found:  # found once per program, as Pyro's ELBO guesses max_plate_nesting once
+        if key not in self._found_plates:  # once per program, as Pyro's ELBO guesses max_plate_nesting once
             tensors = [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor) and t.dim() > 0]
             if not tensors:
                 raise ProgramError(
                     "Cannot tell the per-point plate: the programs take no tensor argument whose first dimension "
                     "is the batch; pass data_plate=NAME"
                 )
-            found[key] = find_data_plate(model_trace, guide_trace, int(tensors[0].shape[0]))
-            self._found_plates = found
-        return found[key]
+            self._found_plates[key] = find_data_plate(model_trace, guide_trace, int(tensors[0].shape[0]))
+        return self._found_plates[key]
 
     def log_weights(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
         """The unscaled per-point log weights :math:`\\log w_{n,k}`, shape ``(K, B)``, with gradients."""
