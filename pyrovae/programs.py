@@ -659,7 +659,7 @@ def true_model(programs: Programs, structure: Structure, what: str) -> Programs:
             warnings.warn(
                 f"{what} scores the true model: the program's own scales on {structure.user_scales} are dropped "
                 "(every site counts once; a scale is a training device)",
-                stacklevel=3,
+                stacklevel=4,
             )
     return dataclasses.replace(programs, model=unscaled(programs.model), guide=unscaled(programs.guide))
 
