@@ -104,7 +104,10 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--num-train", type=int, default=None, help="training points (sprites, dsprites)")
     train.add_argument("--out", default=None, help="run folder (default: runs/<model>-<dataset>)")
     train.add_argument("--resume", metavar="RUN", default=None,
-                       help="continue the run in this folder, as its config.json records it (only --epochs may change)")
+                       help="continue the run in this folder, as its config.json records it (only --epochs and --lr "
+                            "may change; a changed lr is recorded)")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace a run already in --out (without it, a folder holding a run is refused)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     evaluate = sub.add_parser("evaluate", help="log p(x), ELBO, IWAE-k bounds (and disentanglement metrics) of a run")
@@ -208,7 +211,7 @@ def _model_options(args: argparse.Namespace, **flags: Any) -> dict[str, Any]:
 
 
 #: train's flags that may go with --resume (the others would change what the run computes)
-_RESUME_FLAGS = {"command", "resume", "epochs", "no_progress"}
+_RESUME_FLAGS = {"command", "resume", "epochs", "lr", "no_progress"}
 
 
 def _train_config(args: argparse.Namespace) -> RunConfig:
@@ -242,8 +245,10 @@ def _report(numbers: dict, out: Path) -> None:
 
 def _demo(args: argparse.Namespace) -> None:
     out = Path(args.out)
-    print(f"pyrovae demo: β-VAE (β = {DEMO.model_options['beta']}) on {DEMO.dataset}, writing to {out}")
-    _report(run(DEMO, out, epochs=args.epochs), out)
+    again = (out / "config.json").exists()
+    print(f"pyrovae demo: β-VAE (β = {DEMO.model_options['beta']}) on {DEMO.dataset}, writing to {out}"
+          + (" (replacing the demo run there)" if again else ""))
+    _report(run(DEMO, out, epochs=args.epochs, overwrite=True), out)
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -253,17 +258,20 @@ def _train(args: argparse.Namespace) -> None:
                  if dest not in _RESUME_FLAGS and value is not None and value is not False and value != []]
         if given:
             raise UsageError(f"{', '.join(given)} cannot change a resumed run ({args.resume}/config.json holds its "
-                             "settings); with --resume give only --epochs N (to train N epochs in total) and --no-progress")
+                             "settings); with --resume give only --epochs N (to train N epochs in total), --lr "
+                             "(recorded) and --no-progress")
         out = Path(args.resume)
         before = RunConfig.load(out).epochs
         after = resume_config(out, args.epochs).epochs  # refuses fewer epochs than the run has done
         if after != before:
             print(f"pyrovae: {out}: epochs {before} -> {after} in total (recorded in {out / 'config.json'})")
-        numbers = run(None, out, resume=True, epochs=args.epochs, progress=not args.no_progress)
+        if args.lr is not None:
+            print(f"pyrovae: {out}: lr -> {args.lr} from here on (recorded in {out / 'config.json'} and the history)")
+        numbers = run(None, out, resume=True, epochs=args.epochs, lr=args.lr, progress=not args.no_progress)
     else:
         config = _train_config(args)
         out = Path(args.out or f"runs/{config.model}-{config.dataset}")
-        numbers = run(config, out, progress=not args.no_progress)
+        numbers = run(config, out, progress=not args.no_progress, overwrite=args.overwrite)
     _report(numbers, out)
 
 

@@ -20,20 +20,23 @@ import inspect
 import json
 import math
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import pyro
 import torch
 
 from pyrovae import plots
 from pyrovae.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from pyrovae.datasets import DATASETS, load
-from pyrovae.metrics import evaluate_metrics
+from pyrovae.metrics import METRICS, evaluate_metrics
 from pyrovae.metrics.likelihood import log_likelihood
 from pyrovae.models import MODELS, make_model
 from pyrovae.objectives import make_objective
 from pyrovae.programs import check_positive_int, resolve_programs, validate_data
+from pyrovae.runfolder import RunLock, check_writable, prepare_new_run
 from pyrovae.schedules import SCHEDULES, make_schedule
 from pyrovae.train import evaluate_elbo, fit
 
@@ -198,16 +201,26 @@ def run(
     resume: bool = False,
     epochs: int | None = None,
     progress: bool = True,
+    overwrite: bool = False,
+    lr: float | None = None,
 ) -> dict[str, Any]:
     """Train ``config`` into the folder ``out`` and write pictures and numbers there.
 
-    Everything is checked (the config, the data, the model's arguments) before
-    anything is written: a refused run leaves ``out`` as it was.
+    Everything is checked (the config, the data, the model's arguments, that
+    ``out`` can be written) before anything is written: a refused run leaves
+    ``out`` as it was.  The run holds an exclusive lock on ``out`` throughout
+    (:class:`pyrovae.runfolder.RunLock`): a second run into it is refused.  A new
+    run refuses a folder that holds a run unless ``overwrite``.  The model's
+    initial weights are drawn after seeding with ``config.seed``, so the same
+    config reproduces a run bit for bit (on the CPU).
 
     :param config: the run; must be ``None`` with ``resume=True`` (``out/config.json`` holds it).
     :param resume: continue the run in ``out`` from its checkpoint.
     :param epochs: a new total number of epochs, at least those already trained
         (extends a resumed run; ``config.json`` records the new total).
+    :param overwrite: replace a run already in ``out`` (only its own files are removed).
+    :param lr: a new learning rate for a resumed run (e.g. after it stopped on a NaN);
+        recorded in ``config.json`` and in every later history row.
     :returns: the final numbers (also in ``out/results.json``), with the paths of
         the pictures under ``"pictures"``.
     """
@@ -217,21 +230,36 @@ def run(
             raise ValueError(f"run(resume=True) reads the config from {out / 'config.json'}; pass config=None "
                              "(and epochs= to extend the run)")
         config = resume_config(out, epochs)
+        if lr is not None:
+            config = dataclasses.replace(config, lr=lr)  # RunConfig checks the value
     elif config is None:
         raise ValueError("run() needs a RunConfig unless resume=True")
-    elif epochs is not None:
-        config = dataclasses.replace(config, epochs=epochs)  # RunConfig checks the new value
+    elif epochs is not None or lr is not None:
+        config = dataclasses.replace(config, **{k: v for k, v in (("epochs", epochs), ("lr", lr)) if v is not None})
     _check_device(config.device)
     train = load(config.dataset, "train", **config.dataset_options)
     valid = load(config.dataset, "valid", **config.dataset_options)
     test = load(config.dataset, "test", **config.dataset_options)
     options = {"likelihood": train.likelihood, **config.model_options}
+    pyro.set_rng_seed(config.seed)  # the initial weights too: the same config is the same run
     model = make_model(config.model, x_shape=train.shape, **options)
     programs = resolve_programs(model)
     validate_data(programs, train, "data")  # e.g. a likelihood whose support the data leave: fit would refuse
     validate_data(programs, valid, "valid_data")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
+    check_writable(out)
+    with RunLock(out):
+        if not resume:
+            prepare_new_run(out, overwrite=overwrite)
+        elif not (out / CHECKPOINT_NAME).exists():
+            warnings.warn(f"{out} has no {CHECKPOINT_NAME} (the run stopped before its first one): it starts "
+                          "again from its config, which gives the same run", stacklevel=2)
+        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
+        return _train_and_report(config, model, train, valid, test, out, resume, progress)
+
+
+def _train_and_report(config: RunConfig, model: Any, train: Any, valid: Any, test: Any, out: Path, resume: bool,
+                      progress: bool) -> dict[str, Any]:
+    """fit, then the numbers and pictures of the run (inside :func:`run`'s lock)."""
     result = fit(
         model,
         train,
@@ -312,16 +340,23 @@ def evaluate_run(
     disentanglement metrics (for data sets with ground-truth factors).  Writes
     ``evaluation.json`` in the run folder."""
     run_dir = Path(run_dir)
+    check_positive_int("num_samples", num_samples)
+    if num_points is not None:
+        check_positive_int("num_points", num_points)
+    unknown = sorted(set(metrics) - set(METRICS))
+    if unknown:
+        raise ValueError(f"Expected metric names from {sorted(METRICS)}, got {unknown}")
     config, model = load_run(run_dir)
     test = load(config.dataset, "test", **config.dataset_options)
+    factors = test.info.get("factors")
+    if metrics and factors is None:
+        raise ValueError(f"Disentanglement metrics need a data set with ground-truth factors; {config.dataset!r} has none")
+    check_writable(run_dir)
     x = test.x if num_points is None else test.x[:num_points]
     result = log_likelihood(model, x, num_samples=num_samples, seed=config.seed)
     numbers: dict[str, Any] = {"num_points": int(x.shape[0]), **result.summary(),
                                "reconstruction_error": reconstruction_error(model, x)}
     if metrics:
-        factors = test.info.get("factors")
-        if factors is None:
-            raise ValueError(f"Disentanglement metrics need a data set with ground-truth factors; {config.dataset!r} has none")
         numbers.update(evaluate_metrics(_representation(model), factors, names=tuple(metrics), **(metric_options or {})))
     (run_dir / "evaluation.json").write_text(json.dumps(numbers, indent=1))
     return numbers
@@ -372,6 +407,10 @@ def sweep(
     :param metric_options: options for :func:`pyrovae.metrics.evaluate_metrics`.
     :returns: one row per value: ``{parameter: value, "reconstruction_error", "test_elbo", scores...}``,
         also written to ``out/sweep.json``; the figure is ``out/tradeoff.png``.
+
+    Every value and metric name is checked before the first run trains.  Re-run
+    into the same folder, a sweep keeps its finished members (said on stdout)
+    and resumes a stopped one; a member folder holding a different run is refused.
     """
     out = Path(out)
     parameter = sweep_parameter(config.model, parameter)
@@ -383,20 +422,38 @@ def sweep(
     folders = [out / f"{parameter}_{value:.12g}" for value in values]
     if len(set(folders)) != len(folders):
         raise ValueError(f"Expected distinct values of {parameter}, got {list(values)}")
+    names = list(METRICS) if "all" in metrics else list(metrics)
+    unknown = sorted(set(names) - set(METRICS))
+    if unknown:
+        raise ValueError(f"Expected metric names from {sorted(METRICS)} (or 'all'), got {unknown}")
     test = load(config.dataset, "test", **config.dataset_options)
-    rows = []
-    for value, run_dir in zip(values, folders):
+    members = []
+    for value in values:  # every member checked (its model built once) before any trains
         if parameter == "kl_weight":
             run_config = dataclasses.replace(config, kl_weight=value)
         else:
             run_config = dataclasses.replace(config, model_options={**config.model_options, parameter: value})
-        run(run_config, run_dir, progress=progress)
+            make_model(config.model, x_shape=test.shape, **{"likelihood": test.likelihood, **run_config.model_options})
+        members.append(run_config)
+    for run_config, run_dir in zip(members, folders):
+        if (run_dir / "config.json").exists() and RunConfig.load(run_dir) != run_config:
+            raise ValueError(f"{run_dir} holds a different run than this sweep's (see its config.json): "
+                             "use another sweep folder")
+    rows = []
+    for value, run_config, run_dir in zip(values, members, folders):
+        if (run_dir / "results.json").exists():
+            print(f"{run_dir}: finished earlier, kept")
+        elif (run_dir / CHECKPOINT_NAME).exists():
+            print(f"{run_dir}: stopped earlier, resumed")
+            run(None, run_dir, resume=True, progress=progress)
+        else:
+            run(run_config, run_dir, progress=progress, overwrite=True)  # at most a config.json of the same run
         _, model = load_run(run_dir)
         row = {parameter: value, "reconstruction_error": reconstruction_error(model, test.x),
                "test_elbo": evaluate_elbo(model, test.x, seed=config.seed)}
         factors = test.info.get("factors")
         if factors is not None and metrics:
-            row.update(evaluate_metrics(_representation(model), factors, names=tuple(metrics), **(metric_options or {})))
+            row.update(evaluate_metrics(_representation(model), factors, names=tuple(names), **(metric_options or {})))
         rows.append(row)
     (out / "sweep.json").write_text(json.dumps(rows, indent=1))
     plots.tradeoff_plot(rows, out / "tradeoff.png", parameter=parameter)

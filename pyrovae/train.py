@@ -156,7 +156,10 @@ class FitResult:
 def _resolve_device(device: str | torch.device) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"Expected device to be 'cpu', 'cuda', 'cuda:N' or 'auto', got {device!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' was requested but CUDA is not available; use device='cpu' or 'auto'")
     return device
@@ -457,7 +460,9 @@ def fit(
     :param device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
     :param out: run folder for ``history.{csv,json}`` and ``checkpoint.pt``.
     :param checkpoint_every: steps between checkpoints (default: once an epoch).
-    :param resume: continue from ``out``'s checkpoint if there is one.
+    :param resume: continue from ``out``'s checkpoint if there is one; ``lr`` may
+        differ from the run's (each history row records the lr it trained with),
+        the other settings may not.
     :param progress: show a progress bar with the running loss.
     :param record: extra JSON-safe metadata stored in the checkpoint (the CLI's run config).
     :param jit: compile the training step (:class:`~pyrovae.objectives.compiled.Compiled`):
@@ -557,6 +562,8 @@ def fit(
                        record, checkpoint_every, progress)
     if checkpoint is not None:
         trainer.restore(checkpoint)
+        for group in trainer.optim.param_groups:  # a new lr (e.g. after a NaN) applies from here on
+            group["lr"] = float(lr)
     trainer.run(epochs, epoch_view, valid, seed)
     if isinstance(sources[0].step_objective, Compiled):
         eager_reason = sources[0].step_objective.eager_reason
@@ -569,7 +576,7 @@ def fit(
 
 def _check_resumable(run_dir: Path | None, before: Mapping[str, Any], now: Mapping[str, Any]) -> None:
     """Refuse to resume a run under settings that would change what it computes."""
-    for key in ("batch_size", "seed", "num_data", "world", "optimizer", "lr", "streams"):
+    for key in ("batch_size", "seed", "num_data", "world", "optimizer", "streams"):  # lr may change: recorded
         if key in before and before[key] != now[key]:
             raise ValueError(f"Cannot resume {run_dir}: it was trained with {key}={before[key]}, now {now[key]}")
 
@@ -735,7 +742,7 @@ class _Trainer:
     def _end_epoch(self, valid: Data | None, seed: int, seconds: float) -> None:
         count = max(self.sums["count"], 1)
         row = {"epoch": self.epoch + 1, "step": self.step, "train_loss": self.sums["loss"] / count,
-               "kl_weight": self.schedule(self.step - 1)}
+               "kl_weight": self.schedule(self.step - 1), "lr": self.settings["lr"]}
         row.update({k: v / count for k, v in self.sums.items() if k.startswith(("aux_", "stream"))})
         if valid is not None and self.rank == 0:
             row["valid_elbo"] = evaluate_elbo(self.obj, valid, seed=seed,

@@ -64,9 +64,14 @@ def test_train_then_resume(tmp_path, capsys):
                  "--out", str(tmp_path / "other"), "--seed", "0", "--epochs", "3", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "cannot change a resumed run" in err
-    for flag in ("--lr", "--model", "--model-option", "--batch-size", "--out", "--seed"):
+    for flag in ("--model", "--model-option", "--batch-size", "--out", "--seed"):
         assert flag in err.split("cannot")[0], flag
+    assert "--lr" not in err.split("cannot")[0]  # a new lr is allowed on resume (recorded)
     assert json.loads((out / "config.json").read_text())["epochs"] == 2 and not (tmp_path / "other").exists()
+    # a smaller lr (after a NaN, say) continues the run and is recorded
+    assert main(["train", "--resume", str(out), "--lr", "0.0005", "--epochs", "3", "--no-progress"]) == 0
+    assert json.loads((out / "config.json").read_text())["lr"] == 0.0005
+    assert [row["lr"] for row in json.loads((out / "history.json").read_text())][-1] == 0.0005
 
 
 def test_demo_smoke(tmp_path, capsys):
