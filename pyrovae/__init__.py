@@ -16,7 +16,7 @@ from pyrovae.metrics.likelihood import LogLikelihoodResult, iwae_bound, log_like
 from pyrovae.models import MODELS, VAE, BetaTCVAE, BetaVAE, CapacityVAE, DIPVAE, FactorVAE, make_model
 from pyrovae.objectives import OBJECTIVES, make_objective
 from pyrovae.schedules import SCHEDULES, Constant, Cyclical, Linear, make_schedule
-from pyrovae.train import FitResult, Stream, TrainingDiverged, evaluate_elbo, fit
+from pyrovae.train import FitResult, Stream, TrainingDiverged, evaluate_elbo, fit, seed
 
 __version__ = "0.1.0"
 
@@ -51,6 +51,7 @@ __all__ = [
     "VAE",
     "__version__",
     "evaluate_elbo",
+    "seed",
     "fit",
     "kl_scale",
     "load_checkpoint",

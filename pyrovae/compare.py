@@ -253,7 +253,7 @@ def compare_estimators(
     resolved = [parse_objective(spec) for spec in objectives]  # fail on a bad spec before any work
     programs = resolve_programs(vae_or_pair)
     points = as_data(data, "data")
-    validate_batch(programs, points, "data")
+    points = validate_batch(programs, points, "data")
     device = device_of(programs.owner, points.x)
     batch = points.index(slice(0, batch_size)).to(device)
     cuda = [device] if device.type == "cuda" else []

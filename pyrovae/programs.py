@@ -116,9 +116,9 @@ def resolve_programs(obj: Any) -> Programs:
     return Programs(model, guide, owner, accepts(model, "kl_weight") and accepts(guide, "kl_weight"))
 
 
-def validate_data(programs: Programs, x: Any, name: str) -> None:
+def validate_data(programs: Programs, x: Any, name: str) -> Data:
     """:func:`validate_batch` for one tensor (or any data :func:`as_data` takes)."""
-    validate_batch(programs, as_data(x, name), name)
+    return validate_batch(programs, as_data(x, name), name)
 
 
 def check_positive_int(name: str, value: Any, minimum: int = 1) -> None:
@@ -237,16 +237,19 @@ def _collate(dataset: Any, name: str) -> Data:
     )
 
 
-def validate_batch(programs: Programs, data: Data, name: str) -> None:
-    """Refuse data the pair cannot score, before any work.
+def validate_batch(programs: Programs, data: Data, name: str) -> Data:
+    """Refuse data the pair cannot score, before any work; returns the data in the model's dtype.
 
-    A pyrovae model's own ``validate_data`` hook checks its one tensor; otherwise
+    Floating tensors of another dtype than a module's parameters (float64 or
+    float16 data for a float32 model) are cast to it, with a warning.  Then a
+    pyrovae model's own ``validate_data`` hook checks its one tensor; otherwise
     every tensor must be real or integer (labels), and the floating ones finite.
     """
+    data = _in_model_dtype(programs, data, name)
     check = getattr(programs.owner, "validate_data", None)
     if callable(check) and len(data.args) == 1 and not data.kwargs:
         check(data.x, name)
-        return
+        return data
     for label, t in data.named():
         if t.is_complex():
             raise TypeError(f"Expected {name}{label} to be a real tensor (e.g. torch.float32), got {t.dtype}")
@@ -256,6 +259,22 @@ def validate_batch(programs: Programs, data: Data, name: str) -> None:
             continue
         if not bool(torch.isfinite(t).all()):
             raise ValueError(f"Expected {name}{label} to be finite, found {int((~torch.isfinite(t)).sum())} NaN/Inf values")
+    return data
+
+
+def _in_model_dtype(programs: Programs, data: Data, name: str) -> Data:
+    owner = programs.owner
+    dtypes = {p.dtype for p in owner.parameters() if p.is_floating_point()} if isinstance(owner, torch.nn.Module) else set()
+    if len(dtypes) != 1:
+        return data  # no module, or one of mixed precision: the program's own business
+    dtype = dtypes.pop()
+    other = [(label, t.dtype) for label, t in data.named() if t.is_floating_point() and t.dtype != dtype]
+    if not other:
+        return data
+    warnings.warn(f"{name}{other[0][0]} is {other[0][1]} and the model's parameters are {dtype}: cast to {dtype}",
+                  stacklevel=3)
+    cast = lambda t: t.to(dtype) if t.is_floating_point() else t  # noqa: E731
+    return Data(tuple(cast(t) for t in data.args), {k: cast(t) for k, t in data.kwargs.items()})
 
 
 # ============================================================ structure

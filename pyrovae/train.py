@@ -98,7 +98,7 @@ from pyrovae.programs import (
 )
 from pyrovae.schedules import Constant, Schedule, make_schedule
 
-__all__ = ["fit", "FitResult", "Stream", "TrainingDiverged", "resolve_programs", "evaluate_elbo"]
+__all__ = ["fit", "FitResult", "Stream", "TrainingDiverged", "resolve_programs", "evaluate_elbo", "seed"]
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
@@ -118,6 +118,20 @@ def optimizer_options(cls: type[torch.optim.Optimizer], device: torch.device) ->
 
 #: Pyro's compiled ELBOs (``JitTrace_ELBO`` ...): each records its first call, scales included
 _PYRO_JIT_ELBOS = tuple(getattr(pyro.infer, name) for name in dir(pyro.infer) if name.startswith("Jit"))
+
+
+def seed(value: int) -> None:
+    """Seed torch, Python's ``random`` and NumPy (``pyro.set_rng_seed``): build a model after this,
+    and ``fit(..., seed=value)`` reproduces the run bit for bit on the CPU (its initial weights too).
+
+    Example::
+
+        pyrovae.seed(0)
+        vae = pyrovae.VAE((784,), 20)
+        pyrovae.fit(vae, x, seed=0)
+    """
+    check_positive_int("seed", value, minimum=0)
+    pyro.set_rng_seed(value)
 
 
 class TrainingDiverged(FloatingPointError):
@@ -218,7 +232,7 @@ def evaluate_elbo(obj: Any, data: Any, *, batch_size: int = 1000, num_particles:
     """
     programs = resolve_programs(obj)
     batches = as_data(data, "data")
-    validate_batch(programs, batches, "data")
+    batches = validate_batch(programs, batches, "data")
     check_positive_int("batch_size", batch_size)
     check_positive_int("num_particles", num_particles)
     check_positive_int("seed", seed, minimum=0)
@@ -490,11 +504,11 @@ def fit(
     programs = resolve_programs(obj)
     train = as_data(data, "data")
     epoch_view = getattr(data, "epoch_view", None)  # data redrawn each epoch (dynamic binarization)
-    validate_batch(programs, train, "data")
+    train = validate_batch(programs, train, "data")
     valid = None
     if valid_data is not None:
         valid = as_data(valid_data, "valid_data")
-        validate_batch(programs, valid, "valid_data")
+        valid = validate_batch(programs, valid, "valid_data")
     if "kl_weight" in train.kwargs:
         raise ValueError("data key 'kl_weight' clashes with the keyword argument fit passes to model and guide")
     _check_arguments(epochs, batch_size, seed, checkpoint_every, lr, optimizer, resume, out, jit, programs)
@@ -505,7 +519,7 @@ def fit(
     for i, stream in enumerate(streams):
         stream_programs = programs if stream.programs is None else resolve_programs(stream.programs)
         stream_data = as_data(stream.data, f"streams[{i}].data")
-        validate_batch(stream_programs, stream_data, f"streams[{i}].data")
+        stream_data = validate_batch(stream_programs, stream_data, f"streams[{i}].data")
         if stream.batch_size is not None:
             check_positive_int(f"streams[{i}].batch_size", stream.batch_size)
         extra.append((stream, stream_programs, stream_data,

@@ -313,7 +313,7 @@ def _estimate(
     """Per-point results over ``data``: batches of points, each through chunks of samples."""
     programs = resolve_programs(obj)
     points = as_data(data, "data")
-    validate_batch(programs, points, "data")
+    points = validate_batch(programs, points, "data")
     for name, value in (("batch_size", batch_size), ("chunk_size", chunk_size)):
         if value is not None:
             check_positive_int(name, value)
