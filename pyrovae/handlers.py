@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 from pyro import poutine
@@ -39,8 +40,8 @@ def kl_scale(weight: float | torch.Tensor) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
     if weight == 0.0:
         return poutine.mask(mask=False)
-    if not weight > 0:
-        raise ValueError(f"Expected kl_weight >= 0, got {weight}")
+    if not (weight > 0 and math.isfinite(weight)):
+        raise ValueError(f"Expected kl_weight >= 0 and finite, got {weight}")
     return poutine.scale(scale=weight)
 
 
@@ -65,8 +66,8 @@ class plate_scale(Messenger):
     """
 
     def __init__(self, name: str = "data", scale: float = 1.0) -> None:
-        if not scale > 0:
-            raise ValueError(f"Expected scale > 0, got {scale}")
+        if not (scale > 0 and math.isfinite(scale)):
+            raise ValueError(f"Expected scale > 0 and finite, got {scale}")
         super().__init__()
         self.name = name
         self.scale = float(scale)

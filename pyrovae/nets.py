@@ -20,12 +20,13 @@ here: networks only produce numbers.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["ACTIVATIONS", "MLP", "ConvEncoder", "ConvDecoder", "make_encoder", "make_decoder"]
+__all__ = ["ACTIVATIONS", "MLP", "ConvEncoder", "ConvDecoder", "check_widths", "make_encoder", "make_decoder"]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -40,11 +41,45 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 Shape = tuple[int, ...]
 
 
+def _is_positive_int(value: object) -> bool:
+    # numpy integers count (they are numbers.Integral); bools and floats such as 2.0 do not
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0
+
+
+def _is_sequence(value: object) -> bool:
+    # a str is a Sequence too, but "400" read as (4, 0, 0) is never what was meant
+    return isinstance(value, Sequence) and not isinstance(value, (str, bytes))
+
+
+def check_widths(value: Sequence[int], name: str, *, example: str, allow_empty: bool = True) -> tuple[int, ...]:
+    """``value`` as a tuple of ints, or a one-line ``ValueError`` naming ``name``.
+
+    Every entry must be a positive int (not a bool, not a float); ``value``
+    itself a sequence (not a str), non-empty unless ``allow_empty`` (an MLP
+    with no hidden layer is a linear map; a conv net needs a convolution).
+
+    Example::
+
+        check_widths("400", "hidden", example="(400,)")
+        # ValueError: Expected hidden to be a sequence of positive ints, e.g. (400,), got '400'
+    """
+    if not (_is_sequence(value) and (allow_empty or len(value) > 0) and all(_is_positive_int(w) for w in value)):
+        kind = "a sequence" if allow_empty else "a non-empty sequence"
+        raise ValueError(f"Expected {name} to be {kind} of positive ints, e.g. {example}, got {value!r}")
+    return tuple(int(w) for w in value)
+
+
+def _positive_int(value: int, name: str, *, example: str) -> int:
+    if not _is_positive_int(value):
+        raise ValueError(f"Expected {name} to be a positive int, e.g. {example}, got {value!r}")
+    return int(value)
+
+
 def _shape(value: int | Sequence[int], name: str) -> Shape:
-    shape = (value,) if isinstance(value, int) else tuple(value)
-    if not shape or not all(isinstance(s, int) and s > 0 for s in shape):
+    shape = (value,) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
+    if not (_is_sequence(shape) and shape and all(_is_positive_int(s) for s in shape)):
         raise ValueError(f"Expected {name} to be a positive int or a tuple of positive ints, got {value!r}")
-    return shape
+    return tuple(int(s) for s in shape)
 
 
 def _activation(name: str) -> type[nn.Module]:
@@ -108,9 +143,9 @@ class MLP(nn.Module):
         act = _activation(activation)
         layers: list[nn.Module] = []
         width = math.prod(self.in_shape)
-        for h in hidden:
-            layers += [nn.Linear(width, int(h)), act()]
-            width = int(h)
+        for h in check_widths(hidden, "hidden", example="(400,)"):
+            layers += [nn.Linear(width, h), act()]
+            width = h
         layers.append(nn.Linear(width, self.heads.total))
         self.net = nn.Sequential(*layers)
 
@@ -154,6 +189,8 @@ class ConvEncoder(nn.Module):
         self.in_shape = _shape(in_shape, "in_shape")
         if len(self.in_shape) != 3:
             raise ValueError(f"Expected in_shape (C, H, W) for a convolutional encoder, got {self.in_shape}")
+        channels = check_widths(channels, "channels", example="(32, 32, 64, 64)", allow_empty=False)
+        hidden = _positive_int(hidden, "hidden", example="256")
         act = _activation(activation)
         c, h, w = self.in_shape
         layers: list[nn.Module] = []
@@ -194,11 +231,15 @@ class ConvDecoder(nn.Module):
         activation: str = "relu",
     ) -> None:
         super().__init__()
-        self.in_dim = int(in_dim)
+        self.in_dim = _positive_int(in_dim, "in_dim", example="10")
         self.out_shape = _shape(out_shape, "out_shape")
         if len(self.out_shape) != 3:
             raise ValueError(f"Expected out_shape (C, H, W) for a convolutional decoder, got {self.out_shape}")
+        channels = check_widths(channels, "channels", example="(32, 32, 64, 64)", allow_empty=False)
+        hidden = _positive_int(hidden, "hidden", example="256")
         self.head_names = tuple(heads)
+        if not self.head_names:
+            raise ValueError("Expected at least one head, got none")
         act = _activation(activation)
         c, h, w = self.out_shape
         hs, ws = _spatial_sizes(h, len(channels)), _spatial_sizes(w, len(channels))
@@ -237,6 +278,14 @@ def _resolve_arch(arch: str, x_shape: Shape) -> str:
     return arch
 
 
+def _net_widths(hidden: Sequence[int], channels: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    # both are checked whatever the architecture: a bad value is an error even where "auto" would not use it
+    return (
+        check_widths(hidden, "hidden", example="(400,)"),
+        check_widths(channels, "channels", example="(32, 32, 64, 64)", allow_empty=False),
+    )
+
+
 def make_encoder(
     arch: str,
     x_shape: Shape,
@@ -247,6 +296,7 @@ def make_encoder(
     activation: str = "relu",
 ) -> nn.Module:
     """An encoder for inputs of shape ``x_shape``; ``arch`` is ``"mlp"``, ``"conv"`` or ``"auto"``."""
+    hidden, channels = _net_widths(hidden, channels)
     if _resolve_arch(arch, x_shape) == "conv":
         return ConvEncoder(x_shape, heads, channels=channels, hidden=hidden[-1] if hidden else 256, activation=activation)
     return MLP(x_shape, heads, hidden=hidden, activation=activation)
@@ -263,6 +313,7 @@ def make_decoder(
     activation: str = "relu",
 ) -> nn.Module:
     """A decoder from ``z_dim`` vectors to heads of shape ``x_shape`` (mirror of :func:`make_encoder`)."""
+    hidden, channels = _net_widths(hidden, channels)
     if _resolve_arch(arch, x_shape) == "conv":
         return ConvDecoder(z_dim, x_shape, heads, channels=channels, hidden=hidden[-1] if hidden else 256, activation=activation)
-    return MLP(z_dim, {name: x_shape for name in heads}, hidden=tuple(hidden)[::-1], activation=activation)
+    return MLP(z_dim, {name: x_shape for name in heads}, hidden=hidden[::-1], activation=activation)

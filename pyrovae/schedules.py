@@ -16,6 +16,8 @@ the step, resuming a run needs only the step counter.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -23,12 +25,17 @@ __all__ = ["Schedule", "Constant", "Linear", "Cyclical", "SCHEDULES", "make_sche
 
 
 def _check_nonneg(name: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and value >= 0):
+    # a weight of inf or nan trains to NaN at the first step: refused here, where it is named
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"Expected {name} to be a number >= 0, got {value!r}")  # noqa: TRY004 (as for a bad number)
+    if not math.isfinite(value):
+        raise ValueError(f"Expected {name} >= 0 and finite, got {value!r}")
+    if value < 0:
         raise ValueError(f"Expected {name} >= 0, got {value!r}")
 
 
 def _check_steps(name: str, value: int) -> None:
-    if not (isinstance(value, int) and value >= 1):
+    if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1):
         raise ValueError(f"Expected {name} to be an int >= 1, got {value!r}")
 
 
@@ -88,7 +95,7 @@ class Cyclical(Schedule):
         _check_nonneg("end", self.end)
         _check_steps("num_steps", self.num_steps)
         _check_steps("num_cycles", self.num_cycles)
-        if not 0 < self.ratio <= 1:
+        if isinstance(self.ratio, bool) or not isinstance(self.ratio, numbers.Real) or not 0 < self.ratio <= 1:
             raise ValueError(f"Expected 0 < ratio <= 1, got {self.ratio!r}")
 
     def __call__(self, step: int) -> float:
@@ -101,11 +108,16 @@ class Cyclical(Schedule):
 SCHEDULES: dict[str, type[Schedule]] = {cls.name: cls for cls in (Constant, Linear, Cyclical)}
 
 
-def make_schedule(spec: float | Schedule | Mapping[str, Any]) -> Schedule:
-    """A schedule from a number (constant), a schedule, or a ``to_dict()`` mapping."""
+def make_schedule(spec: float | Schedule | Mapping[str, Any], *, name: str = "kl_weight") -> Schedule:
+    """A schedule from a number (constant), a schedule, or a ``to_dict()`` mapping.
+
+    :param spec: what to build.
+    :param name: what the schedule sets, named by the error for a bad number (``inf``, ``-1``).
+    """
     if isinstance(spec, Schedule):
         return spec
-    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+    if isinstance(spec, numbers.Real) and not isinstance(spec, bool):
+        _check_nonneg(name, spec)
         return Constant(float(spec))
     if isinstance(spec, Mapping):
         options = dict(spec)

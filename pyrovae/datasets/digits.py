@@ -12,15 +12,23 @@ __all__ = ["load"]
 SPLITS = {"train": 1397, "valid": 200, "test": 200}
 
 
-def load(split: str = "train", *, binarize: bool = False) -> DataSet:
+#: the values ``binarize`` takes: a flag (None, as in the other loaders, means no binarization)
+VIEWS = (False, True, None)
+
+
+def load(split: str = "train", *, binarize: bool | None = False) -> DataSet:
     """The UCI optical digits as ``(N, 1, 8, 8)`` float32 images.
 
     :param split: ``"train"`` (1,397), ``"valid"`` (200) or ``"test"`` (200).
-    :param binarize: threshold at 0.5, giving binary data for a Bernoulli
-        likelihood; otherwise intensities in [0, 1] (the original 0..16 / 16).
+    :param binarize: ``True``: threshold at 0.5, giving binary data for a Bernoulli
+        likelihood; ``False`` or ``None``: intensities in [0, 1] (the original 0..16 / 16).
+        A flag only: there is no dynamic or static view of these images.
     """
     if split not in SPLITS:
         raise ValueError(f"Expected split in {sorted(SPLITS)}, got {split!r}")
+    # `binarize in VIEWS` would let "yes" fail but 1 and 0.0 through (1 == True): compare identities
+    if not any(binarize is view for view in VIEWS):
+        raise ValueError(f"Expected binarize in {VIEWS} for digits (a flag), got {binarize!r}")
     from sklearn.datasets import load_digits  # optional heavy import, bundled with scikit-learn
 
     bunch = load_digits()

@@ -53,7 +53,7 @@ import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pyrovae.metrics.base import RNG, GroundTruth, Representation
+from pyrovae.metrics.base import RNG, GroundTruth, Representation, check_inputs
 from pyrovae.metrics.beta_vae_score import beta_vae_score
 from pyrovae.metrics.dci import dci, dci_from_codes
 from pyrovae.metrics.factor_vae_score import factor_vae_score
@@ -117,6 +117,7 @@ def evaluate_metrics(
     :param names: keys of :data:`METRICS`, or ``("all",)``.
     :returns: every metric's named scores in one dict.
     """
+    check_inputs(representation, data)
     if isinstance(names, str):
         names = (names,)
     selected = list(METRICS) if "all" in names else list(dict.fromkeys(names))

@@ -45,6 +45,8 @@ __all__ = [
     "as_generator",
     "check_codes_factors",
     "check_count",
+    "check_ground_truth",
+    "check_inputs",
     "discrete_entropy",
     "discrete_mutual_info",
     "histogram_discretize",
@@ -106,15 +108,50 @@ def check_count(name: str, value: int, minimum: int = 1) -> None:
         raise ValueError(f"Expected {name} to be an int >= {minimum}, got {value!r}")
 
 
+def check_ground_truth(data: object) -> None:
+    """Raise ``TypeError`` unless ``data`` has the members of :class:`GroundTruth`, naming the missing ones."""
+    if not isinstance(data, GroundTruth):
+        missing = [member for member in ("factor_sizes", "sample_factors", "images") if not hasattr(data, member)]
+        raise TypeError(
+            "Expected data to be a ground-truth-factor data set with factor_sizes, sample_factors(n, rng) and "
+            f"images(factors), e.g. load('sprites').info['factors'], got {type(data).__name__} without {missing}"
+        )
+
+
+def check_inputs(representation: object, data: object) -> None:
+    """Raise ``TypeError`` unless ``representation`` is callable and ``data`` a :class:`GroundTruth`."""
+    if not callable(representation):
+        raise TypeError(
+            "Expected representation to be a function from images (n, ...) to codes (n, d), "
+            f"e.g. lambda x: vae.posterior(x).mean, got {type(representation).__name__}"
+        )
+    check_ground_truth(data)
+
+
 def _to_numpy(out: torch.Tensor | np.ndarray, n: int) -> np.ndarray:
-    array = out.detach().cpu().double().numpy() if isinstance(out, torch.Tensor) else np.asarray(out, np.float64)
+    try:
+        array = out.detach().cpu().double().numpy() if isinstance(out, torch.Tensor) else np.asarray(out, np.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(
+            f"Expected the representation to return codes (n, d) as a tensor or array of numbers, "
+            f"got {type(out).__name__}"
+        ) from None
+    # (n,) or (n, a, b) codes used to be reshaped to (n, d) here and scored as if that was meant
+    if array.ndim != 2:
+        raise ValueError(
+            f"Expected the representation to return codes of shape (n, d) for {n} images, got shape {array.shape}"
+        )
     if array.shape[0] != n:
         raise ValueError(f"The representation returned {array.shape[0]} codes for {n} images")
-    return array.reshape(n, -1)
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"The representation returned {int((~np.isfinite(array)).sum())} NaN/Inf code values")
+    return array
 
 
 def represent(representation: Representation, images: torch.Tensor) -> np.ndarray:
     """Codes ``(n, d)`` (float64) of ``images`` ``(n, ...)``, computed without gradients."""
+    if not callable(representation):
+        raise TypeError(f"Expected representation to be a function from images to codes, got {type(representation).__name__}")
     with torch.no_grad():
         return _to_numpy(representation(images), images.shape[0])
 
@@ -145,6 +182,7 @@ def sample_codes(
     representation) changes memory and speed, never the result.
     """
     check_count("num_points", num_points)
+    check_inputs(representation, data)
     factors = data.sample_factors(int(num_points), as_generator(rng))
     codes = represent_factors(representation, data, factors, images_per_call)
     return codes, factors.cpu().numpy().astype(np.int64)
@@ -152,26 +190,51 @@ def sample_codes(
 
 def varying_factors(data: GroundTruth) -> list[int]:
     """Indices of the factors with more than one value (the only ones a metric can intervene on)."""
+    check_ground_truth(data)
     varying = [k for k, size in enumerate(data.factor_sizes) if int(size) > 1]
     if not varying:
         raise ValueError(f"Expected at least one factor with more than one value, got factor_sizes {data.factor_sizes}")
     return varying
 
 
+def _as_array(value: object, name: str, form: str) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError):
+        array = None
+    if array is None or not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+        raise ValueError(f"Expected {name} to be an array of numbers of shape {form}, got {type(value).__name__}")
+    if np.iscomplexobj(array):
+        raise ValueError(f"Expected {name} to be real numbers, got dtype {array.dtype}")
+    return array
+
+
 def check_codes_factors(codes: np.ndarray, factors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Validate and convert ``codes`` ``(n, d)`` and ``factors`` ``(n, K)`` to float64 / int64 arrays."""
-    codes = np.asarray(codes, dtype=np.float64)
-    factors = np.asarray(factors)
+    """Validate and convert ``codes`` ``(n, d)`` and ``factors`` ``(n, K)`` to float64 / int64 arrays.
+
+    Arrays and tensors are accepted; codes must be finite, factors finite integers
+    (any integer-valued dtype), with ``n, d, K >= 1``.
+    """
+    codes = _as_array(codes, "codes", "(n, d)").astype(np.float64)
+    factors = _as_array(factors, "factors", "(n, K)")
     if codes.ndim != 2 or factors.ndim != 2:
         raise ValueError(f"Expected codes (n, d) and factors (n, K), got shapes {codes.shape} and {factors.shape}")
     if codes.shape[0] != factors.shape[0]:
         raise ValueError(f"Expected as many codes as factor rows, got {codes.shape[0]} and {factors.shape[0]}")
+    if 0 in codes.shape or 0 in factors.shape:
+        raise ValueError(
+            f"Expected codes (n, d) and factors (n, K) with n, d, K >= 1, got shapes {codes.shape} and {factors.shape}"
+        )
     if not np.all(np.isfinite(codes)):
-        raise ValueError("Expected finite codes")
-    if not np.issubdtype(factors.dtype, np.integer):
-        if not np.array_equal(factors, np.round(factors)):
-            raise ValueError("Expected integer factor indices")
-        factors = factors.astype(np.int64)
+        raise ValueError(f"Expected finite codes, found {int((~np.isfinite(codes)).sum())} NaN/Inf values")
+    # NaN and inf are not integers either (inf == round(inf), and would cast to garbage)
+    whole = np.issubdtype(factors.dtype, np.integer) or (
+        np.all(np.isfinite(factors)) and np.array_equal(factors, np.round(factors))
+    )
+    if not whole:
+        raise ValueError("Expected integer factor indices (finite, whole numbers)")
     return codes, factors.astype(np.int64)
 
 

@@ -9,7 +9,7 @@ import pyro
 import torch
 
 from pyrovae.handlers import kl_scale
-from pyrovae.models.vae import VAE
+from pyrovae.models.vae import VAE, check_weight
 
 __all__ = ["BetaTCVAE", "ESTIMATORS", "log_importance_weights", "aggregate_log_densities"]
 
@@ -114,9 +114,9 @@ class BetaTCVAE(VAE):
     are the plain VAE, so evaluation measures the true model.  A ``kl_weight``
     other than 1 weights the decomposed term as it would the KL term.
 
-    :param alpha: weight of the index-code mutual information (>= 0).
-    :param beta: weight of the total correlation (>= 0).
-    :param gamma: weight of the dimension-wise KL (>= 0).
+    :param alpha: weight of the index-code mutual information (finite, >= 0).
+    :param beta: weight of the total correlation (finite, >= 0).
+    :param gamma: weight of the dimension-wise KL (finite, >= 0).
     :param estimator: ``"mss"`` (minibatch stratified sampling) or ``"mws"``
         (minibatch weighted sampling).
     :param num_data: N, the training set's size; needed for training (``fit``
@@ -153,9 +153,7 @@ class BetaTCVAE(VAE):
         num_data: int | None = None,
         **kwargs: Any,
     ) -> None:
-        for name, value in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
-            if not (isinstance(value, (int, float)) and value >= 0):
-                raise ValueError(f"Expected {name} >= 0, got {value!r}")
+        alpha, beta, gamma = (check_weight(name, value) for name, value in (("alpha", alpha), ("beta", beta), ("gamma", gamma)))
         if estimator not in ESTIMATORS:
             raise ValueError(f"Expected estimator in {ESTIMATORS}, got {estimator!r}")
         super().__init__(*args, **kwargs)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pyrovae.models.vae import VAE
+from pyrovae.models.vae import VAE, check_weight
 
 __all__ = ["BetaVAE"]
 
@@ -27,7 +27,7 @@ class BetaVAE(VAE):
     training weight: ``VAE`` trained with ``fit(..., kl_weight=beta)`` is the
     same thing, and evaluation always uses β = 1.
 
-    :param beta: the KL weight used by ``fit`` when none is given (> 0).
+    :param beta: the KL weight used by ``fit`` when none is given (finite, > 0).
     :param kwargs: everything :class:`~pyrovae.models.vae.VAE` takes.
 
     Example::
@@ -44,8 +44,7 @@ class BetaVAE(VAE):
     tradeoff_parameter: ClassVar[str | None] = "beta"
 
     def __init__(self, *args: Any, beta: float = 4.0, **kwargs: Any) -> None:
-        if not (isinstance(beta, (int, float)) and beta > 0):
-            raise ValueError(f"Expected beta > 0, got {beta!r}")
+        beta = check_weight("beta", beta, positive=True)
         super().__init__(*args, **kwargs)
-        self.default_kl_weight = float(beta)
-        self.config["beta"] = float(beta)
+        self.default_kl_weight = beta
+        self.config["beta"] = beta

@@ -9,7 +9,7 @@ import torch
 from torch.distributions import kl_divergence
 
 from pyrovae.handlers import kl_scale
-from pyrovae.models.vae import VAE
+from pyrovae.models.vae import VAE, check_weight
 from pyrovae.schedules import Linear
 
 __all__ = ["CapacityVAE"]
@@ -53,8 +53,8 @@ class CapacityVAE(VAE):
     measures the true model.  A ``kl_weight`` other than 1 weights the penalty
     as it would the KL term it replaces.
 
-    :param gamma: γ, the weight of the capacity penalty (> 0).
-    :param capacity_max: :math:`C_{\max}`, the final capacity in nats (>= 0).
+    :param gamma: γ, the weight of the capacity penalty (finite, > 0).
+    :param capacity_max: :math:`C_{\max}`, the final capacity in nats (finite, >= 0).
     :param capacity_steps: T, the number of steps over which C rises (int >= 1).
     :param kwargs: everything :class:`~pyrovae.models.vae.VAE` takes.
 
@@ -85,10 +85,8 @@ class CapacityVAE(VAE):
         capacity_steps: int = 100_000,
         **kwargs: Any,
     ) -> None:
-        if not (isinstance(gamma, (int, float)) and gamma > 0):
-            raise ValueError(f"Expected gamma > 0, got {gamma!r}")
-        if not (isinstance(capacity_max, (int, float)) and capacity_max >= 0):
-            raise ValueError(f"Expected capacity_max >= 0, got {capacity_max!r}")
+        gamma = check_weight("gamma", gamma, positive=True)
+        capacity_max = check_weight("capacity_max", capacity_max)
         if not (isinstance(capacity_steps, int) and not isinstance(capacity_steps, bool) and capacity_steps >= 1):
             raise ValueError(f"Expected capacity_steps to be an int >= 1, got {capacity_steps!r}")
         super().__init__(*args, **kwargs)

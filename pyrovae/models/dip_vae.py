@@ -8,7 +8,7 @@ import pyro
 import torch
 
 from pyrovae.handlers import kl_scale
-from pyrovae.models.vae import VAE
+from pyrovae.models.vae import VAE, check_weight
 
 __all__ = ["DIPVAE", "DIP_TYPES"]
 
@@ -48,8 +48,8 @@ class DIPVAE(VAE):
     ``model(x)``/``guide(x)`` are the plain VAE, so evaluation measures the true model.
 
     :param dip_type: ``"i"`` or ``"ii"``.
-    :param lambda_od: weight of the off-diagonal entries (>= 0).
-    :param lambda_d: weight of the diagonal entries (>= 0); default
+    :param lambda_od: weight of the off-diagonal entries (finite, >= 0).
+    :param lambda_d: weight of the diagonal entries (finite, >= 0); default
         ``10 * lambda_od`` for type I and ``lambda_od`` for type II (Kumar et al.).
     :param kwargs: everything :class:`~pyrovae.models.vae.VAE` takes.
 
@@ -77,12 +77,11 @@ class DIPVAE(VAE):
     ) -> None:
         if dip_type not in DIP_TYPES:
             raise ValueError(f"Expected dip_type in {DIP_TYPES}, got {dip_type!r}")
-        if not (isinstance(lambda_od, (int, float)) and lambda_od >= 0):
-            raise ValueError(f"Expected lambda_od >= 0, got {lambda_od!r}")
+        lambda_od = check_weight("lambda_od", lambda_od)
         if lambda_d is None:
-            lambda_d = (10.0 if dip_type == "i" else 1.0) * lambda_od
-        if not (isinstance(lambda_d, (int, float)) and lambda_d >= 0):
-            raise ValueError(f"Expected lambda_d >= 0, got {lambda_d!r}")
+            factor = 10.0 if dip_type == "i" else 1.0
+            lambda_d = check_weight(f"lambda_d (by default {factor:g} * lambda_od)", factor * lambda_od)
+        lambda_d = check_weight("lambda_d", lambda_d)
         super().__init__(*args, **kwargs)
         self.dip_type = dip_type
         self.lambda_od, self.lambda_d = float(lambda_od), float(lambda_d)

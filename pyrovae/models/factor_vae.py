@@ -10,8 +10,8 @@ import torch
 from torch.nn.functional import binary_cross_entropy_with_logits, linear
 
 from pyrovae.handlers import kl_scale
-from pyrovae.models.vae import VAE
-from pyrovae.nets import MLP
+from pyrovae.models.vae import VAE, check_weight
+from pyrovae.nets import MLP, check_widths
 
 __all__ = ["FactorVAE", "permute_dims"]
 
@@ -76,9 +76,9 @@ class FactorVAE(VAE):
     :meth:`training_kwargs` supplies (as γ) during ``fit``; ``model(x)``/``guide(x)``
     are the plain VAE, so evaluation measures the true model.
 
-    :param gamma: γ, the weight of the total-correlation penalty (> 0).
-    :param discriminator_hidden: hidden widths of the discriminator MLP.
-    :param discriminator_lr: the discriminator's Adam learning rate (> 0).
+    :param gamma: γ, the weight of the total-correlation penalty (finite, > 0).
+    :param discriminator_hidden: hidden widths of the discriminator MLP (a sequence of positive ints).
+    :param discriminator_lr: the discriminator's Adam learning rate, in (0, 1].
     :param discriminator_betas: the discriminator's Adam ``(beta1, beta2)``, each in [0, 1).
     :param kwargs: everything :class:`~pyrovae.models.vae.VAE` takes.
 
@@ -117,22 +117,24 @@ class FactorVAE(VAE):
         discriminator_betas: tuple[float, float] = (0.5, 0.9),
         **kwargs: Any,
     ) -> None:
-        if not (isinstance(gamma, (int, float)) and gamma > 0):
-            raise ValueError(f"Expected gamma > 0, got {gamma!r}")
-        if not (isinstance(discriminator_lr, (int, float)) and discriminator_lr > 0):
-            raise ValueError(f"Expected discriminator_lr > 0, got {discriminator_lr!r}")
+        gamma = check_weight("gamma", gamma, positive=True)
+        # Adam moves each weight by about lr per step: above 1 it diverges at once (3e38 overflows float32)
+        discriminator_lr = check_weight("discriminator_lr", discriminator_lr, positive=True, maximum=1.0)
+        discriminator_hidden = check_widths(discriminator_hidden, "discriminator_hidden", example="(1000,) * 6")
         betas = tuple(discriminator_betas) if isinstance(discriminator_betas, (tuple, list)) else ()
-        if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+        if len(betas) != 2 or not all(
+            isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas
+        ):
             raise ValueError(f"Expected discriminator_betas as two numbers in [0, 1), got {discriminator_betas!r}")
         super().__init__(*args, **kwargs)
-        self.gamma = float(gamma)
+        self.gamma = gamma
         #: the learning rate ``fit`` gives the auxiliary (discriminator) optimiser
-        self.auxiliary_lr = float(discriminator_lr)
+        self.auxiliary_lr = discriminator_lr
         #: the ``(beta1, beta2)`` ``fit`` gives the auxiliary (discriminator) Adam
         self.auxiliary_betas = (float(betas[0]), float(betas[1]))
-        self.discriminator = MLP(self.z_dim, {"logits": 1}, hidden=tuple(discriminator_hidden), activation="leaky_relu")
+        self.discriminator = MLP(self.z_dim, {"logits": 1}, hidden=discriminator_hidden, activation="leaky_relu")
         self.config.update(
-            gamma=float(gamma), discriminator_hidden=list(discriminator_hidden), discriminator_lr=float(discriminator_lr),
+            gamma=gamma, discriminator_hidden=list(discriminator_hidden), discriminator_lr=discriminator_lr,
             discriminator_betas=list(self.auxiliary_betas),
         )
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import math
+import numbers
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -14,11 +16,35 @@ from torch.nn.functional import softplus
 
 from pyrovae.handlers import kl_scale
 from pyrovae.likelihoods import make_likelihood
-from pyrovae.nets import make_decoder, make_encoder
+from pyrovae.nets import check_widths, make_decoder, make_encoder
 
-__all__ = ["VAE"]
+__all__ = ["VAE", "check_weight"]
 
 _instances = itertools.count()
+
+
+def check_weight(name: str, value: Any, *, positive: bool = False, maximum: float | None = None) -> float:
+    """``value`` as a float, or a one-line ``ValueError`` naming ``name``.
+
+    For the weights and rates of a model's constructor: a real number (not a
+    bool), finite -- an infinite weight trains to NaN at the first step --,
+    ``>= 0`` (``> 0`` if ``positive``) and at most ``maximum`` where given.
+
+    Example::
+
+        check_weight("gamma", float("inf"), positive=True)
+        # ValueError: Expected gamma > 0 and finite, got inf
+    """
+    bound = "> 0" if positive else ">= 0"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"Expected {name} to be a number {bound}, got {value!r}")  # noqa: TRY004 (as for a bad number: often from -o or a config.json)
+    if not math.isfinite(value):
+        raise ValueError(f"Expected {name} {bound} and finite, got {value!r}")
+    if value < 0 or (positive and value == 0):
+        raise ValueError(f"Expected {name} {bound}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"Expected {name} <= {maximum:g}, got {value!r}")
+    return float(value)
 
 
 class VAE(nn.Module):
@@ -93,9 +119,15 @@ class VAE(nn.Module):
         likelihood_scale: float | str | None = None,
     ) -> None:
         super().__init__()
-        x_shape = (x_shape,) if isinstance(x_shape, int) else tuple(int(s) for s in x_shape)
-        if not isinstance(z_dim, int) or z_dim < 1:
+        if isinstance(x_shape, numbers.Integral) and not isinstance(x_shape, bool):
+            x_shape = (x_shape,)
+        x_shape = check_widths(x_shape, "x_shape", example="(784,) or (1, 64, 64)", allow_empty=False)
+        if not isinstance(z_dim, int) or isinstance(z_dim, bool) or z_dim < 1:
             raise ValueError(f"Expected z_dim to be an int >= 1, got {z_dim!r}")
+        hidden = check_widths(hidden, "hidden", example="(400,)")
+        channels = check_widths(channels, "channels", example="(32, 32, 64, 64)", allow_empty=False)
+        if isinstance(likelihood_scale, numbers.Number):
+            check_weight("likelihood_scale", likelihood_scale, positive=True)
         #: constructor arguments, recorded for checkpoints (``MODELS[name](**config)`` rebuilds the model)
         self.config: dict[str, Any] = {
             "x_shape": list(x_shape),
