@@ -427,6 +427,7 @@ def sweep(
     if unknown:
         raise ValueError(f"Expected metric names from {sorted(METRICS)} (or 'all'), got {unknown}")
     test = load(config.dataset, "test", **config.dataset_options)
+    check_writable(out)  # sweep.json and the figure go there at the end
     members = []
     for value in values:  # every member checked (its model built once) before any trains
         if parameter == "kl_weight":

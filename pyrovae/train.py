@@ -96,6 +96,7 @@ from pyrovae.programs import (
     true_model,
     validate_batch,
 )
+from pyrovae.runfolder import check_writable
 from pyrovae.schedules import Constant, Schedule, make_schedule
 
 __all__ = ["fit", "FitResult", "Stream", "TrainingDiverged", "resolve_programs", "evaluate_elbo", "seed"]
@@ -534,6 +535,8 @@ def fit(
         )
     device = _resolve_device(device)
     run_dir = Path(out) if out is not None else None
+    if run_dir is not None and int(os.environ.get("RANK", "0")) == 0:
+        check_writable(run_dir)  # a read-only or blocked folder fails now, not after the first epoch
 
     # ------------------------------------------------------------ set-up
     rank, world, device = _distributed(device)

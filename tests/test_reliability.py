@@ -58,3 +58,13 @@ def test_pyrovae_seed_then_fit_reproduces_a_run_bit_for_bit():
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
     with pytest.raises(ValueError, match="seed"):
         pyrovae.seed(-1)
+
+
+def test_fit_refuses_an_unwritable_run_folder_before_training(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    vae = pyrovae.VAE((6,), 2, hidden=(8,))
+    before = {k: v.clone() for k, v in vae.state_dict().items()}
+    with pytest.raises(ValueError, match="Cannot write the run folder .*a parent is a file|is a file"):
+        pyrovae.fit(vae, binary(), epochs=1, out=blocker / "run", progress=False)
+    assert all(torch.equal(before[k], v) for k, v in vae.state_dict().items())  # no step was taken
