@@ -160,3 +160,15 @@ def test_run_lock_is_released_on_error(tmp_path):
         (tmp_path / LOCK_NAME).write_text(str(os.getppid()))  # a live process other than this one
         with RunLock(tmp_path):
             pass
+
+
+@pytest.mark.parametrize("flags", [
+    ["-o", "hidden=[-4]"], ["-o", "hidden=[0]"], ["-o", "hidden=[2.5]"], ["-o", 'hidden="400"'],
+    ["--beta", "inf"], ["--binarize", "weird"], ["--lr", "nan"], ["--device", "tpu"],
+], ids=lambda f: " ".join(f))
+def test_bad_options_are_one_line_and_write_nothing(tmp_path, capsys, flags):
+    out = tmp_path / "run"
+    assert main([*TRAIN, *flags, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pyrovae: error:") and "\n" not in err, err
+    assert not out.exists()
