@@ -28,6 +28,17 @@ resident-set high-water mark (``VmHWM``) around the call, after resetting it
 before the call.  It shows that pyrovae's peak follows ``chunk_size`` and not
 K, against the hand-written estimator run without chunks (all K x B rows at once).
 
+Peak memory after a fit: the same probe, but the subprocess first trains the VAE
+with a short :func:`pyrovae.fit` (its large temporaries leave glibc's heap and
+mmap threshold as a user's session does), then measures ``log_likelihood`` with
+K = ``--fit-num-samples`` (5000) at N = ``--fit-points`` (1000, 2000, 4000) on
+random binary images.  The peak must not grow with N: each batch's K x batch
+log-weights go into one buffer allocated once, and the per-point results into
+(N,) tensors allocated once, so no batch leaves a new block that pins the heap.
+These probes use a small VAE (``--fit-dim`` pixels, one hidden layer of 32) so
+that K = 5000 at N = 4000 runs in about a minute on 2 cores; the buffers do not
+depend on the decoder's size.  ``--after-fit-only`` runs just these probes.
+
 Data: the first 100 test points of binarized MNIST from ``../shared/data`` when
 present (the VAE is first trained for ``--train-epochs`` on 10,000 training
 points so that the estimators agree on sensible numbers), otherwise random
@@ -158,6 +169,9 @@ def _rss_kib(field: str) -> int:
 
 def probe(args: argparse.Namespace) -> None:
     """Run one estimator once (after a small warm-up) and print its peak memory above the baseline, in MiB."""
+    if args.probe == "after-fit":
+        probe_after_fit(args)
+        return
     vae, x, _ = load_data(args.points, 0, args.seed)
     if args.probe == "pyrovae":
         run = lambda k: log_likelihood(vae, x, num_samples=k, batch_size=64, chunk_size=args.chunk_size)  # noqa: E731
@@ -168,6 +182,42 @@ def probe(args: argparse.Namespace) -> None:
     before = _rss_kib("VmRSS")
     run(args.num_samples)
     print(json.dumps({"peak_mib": (_rss_kib("VmHWM") - before) / 1024}))
+
+
+def probe_after_fit(args: argparse.Namespace) -> None:
+    """A short ``fit`` first, then the peak of ``log_likelihood`` (K = ``--num-samples``) on ``--points`` points."""
+    gen = torch.Generator().manual_seed(args.seed)
+    torch.manual_seed(args.seed)
+    vae = pyrovae.VAE((args.fit_dim,), 20, hidden=(32,), likelihood="bernoulli")
+    train = (torch.rand(4000, args.fit_dim, generator=gen) < 0.2).float()
+    pyrovae.fit(vae, train, epochs=2, batch_size=128, seed=args.seed, device="cpu", progress=False)
+    x = (torch.rand(args.points, args.fit_dim, generator=gen) < 0.2).float()
+    log_likelihood(vae, x[:2], num_samples=2)
+    Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark
+    before = _rss_kib("VmRSS")
+    start = time.perf_counter()
+    log_likelihood(vae, x, num_samples=args.num_samples)
+    seconds = time.perf_counter() - start
+    print(json.dumps({"peak_mib": (_rss_kib("VmHWM") - before) / 1024, "seconds": seconds,
+                      "process_peak_mib": _rss_kib("VmHWM") / 1024}))
+
+
+def measure_after_fit(args: argparse.Namespace) -> None:
+    """Print the after-a-fit peaks at each N of ``--fit-points`` (one fresh process each)."""
+    k = args.fit_num_samples
+    print(f"peak memory of log_likelihood after a short fit in the same process (K={k}, a {args.fit_dim}-32-20 "
+          "VAE, random binary images; fresh process each; resident-set high-water mark above the baseline):")
+    peaks = []
+    for n in args.fit_points:
+        cmd = [sys.executable, __file__, "--probe", "after-fit", "--num-samples", str(k), "--points", str(n),
+               "--seed", str(args.seed), "--threads", str(torch.get_num_threads()), "--fit-dim", str(args.fit_dim)]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True,
+                             env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        row = json.loads(out.stdout.strip().splitlines()[-1])
+        peaks.append(row["peak_mib"])
+        print(f"  N={n:<6}{row['peak_mib']:>9.1f} MiB above the baseline, process peak {row['process_peak_mib']:.0f} MiB"
+              f"   ({row['seconds']:.0f} s)")
+    print(f"  N={args.fit_points[-1]} / N={args.fit_points[0]}: {peaks[-1] / max(peaks[0], 1e-9):.2f}x  (target: flat, ~1x)")
 
 
 def measure_peak(args: argparse.Namespace, method: str, num_samples: int, chunk_size: int | None) -> float:
@@ -185,6 +235,9 @@ def main(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     if args.probe:
         probe(args)
+        return
+    if args.after_fit_only:
+        measure_after_fit(args)
         return
     if args.smoke:
         args.points, args.num_samples, args.importance_points, args.repeats, args.train_epochs = 8, 100, 1, 1, 0
@@ -254,6 +307,9 @@ def main(args: argparse.Namespace) -> None:
         print(f"  K={5 * k} / K={k} at chunk 32:  {peaks[('pyrovae', 5 * k, 32)] / max(peaks[('pyrovae', k, 32)], 1e-9):.2f}x")
         print(f"  unchunked hand-written / pyrovae chunk 32: "
               f"{peaks[('hand-written, all K at once', k, None)] / max(peaks[('pyrovae', k, 32)], 1e-9):.0f}x")
+        if not args.smoke:
+            print()
+            measure_after_fit(args)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -269,7 +325,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--smoke", action="store_true", help="a few points and samples: seconds")
-    parser.add_argument("--probe", choices=("pyrovae", "hand"), help=argparse.SUPPRESS)
+    parser.add_argument("--fit-points", type=lambda s: [int(n) for n in s.split(",")], default=[1000, 2000, 4000],
+                        help="N for the after-a-fit memory probes, comma-separated (default: 1000,2000,4000)")
+    parser.add_argument("--fit-num-samples", type=int, default=5000, help="K for the after-a-fit memory probes")
+    parser.add_argument("--fit-dim", type=int, default=64, help="pixels of the after-a-fit probes' small VAE")
+    parser.add_argument("--after-fit-only", action="store_true", help="run only the after-a-fit memory probes")
+    parser.add_argument("--probe", choices=("pyrovae", "hand", "after-fit"), help=argparse.SUPPRESS)
     parser.add_argument("--chunk-size", type=int, default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 

@@ -254,3 +254,31 @@ def test_bad_arguments_are_refused(options, message):
     options = {"data": data(4), **options}
     with pytest.raises(ValueError, match=message):
         log_likelihood((LG.model, LG.guide), **options)
+
+
+def test_one_log_weight_buffer_serves_every_batch(monkeypatch):
+    """Item 18: one K x batch buffer for all batches (a new one per batch fragmented the heap after a fit)."""
+    from pyrovae.metrics import likelihood
+
+    sizes = []
+    allocate = likelihood._log_weight_buffer
+
+    def counted(num_samples: int, batch_size: int) -> torch.Tensor:
+        sizes.append((num_samples, batch_size))
+        return allocate(num_samples, batch_size)
+
+    monkeypatch.setattr(likelihood, "_log_weight_buffer", counted)
+    x = data(20, torch.float64)
+    # 20 points in batches of 7: the last batch (6 points) is a view of the same buffer's first 64 * 6 numbers
+    result = log_likelihood((LG.model, LG.guide), x, num_samples=64, batch_size=7, chunk_size=10)
+    assert sizes == [(64, 7)]
+    # with the exact posterior as guide every weight is p(x): each point's slot was its own, in every batch
+    torch.testing.assert_close(result.log_px, LG.log_prob(x), rtol=0, atol=1e-12)
+    torch.testing.assert_close(result.bounds[10].value, LG.log_prob(x), rtol=0, atol=1e-12)
+    assert bool((result.khat == -math.inf).all())
+    # the results own their memory: none is a view of the buffer that the next call would overwrite
+    assert all(t._base is None for t in (result.log_px, result.stderr, result.ess, result.khat))
+    # more points than one batch never needs a larger buffer; fewer points than batch_size, a smaller one
+    sizes.clear()
+    log_likelihood((LG.model, LG.guide), x[:3], num_samples=64, batch_size=7)
+    assert sizes == [(64, 3)]

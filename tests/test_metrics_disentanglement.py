@@ -523,3 +523,26 @@ def test_metrics_never_import_models_or_training():
     base = ast.parse((METRICS_DIR / "base.py").read_text())
     assert not [n for n in ast.walk(base) if isinstance(n, ast.ImportFrom) and n.module.startswith(forbidden)]
     importlib.import_module("pyrovae.metrics")
+
+
+def test_encoder_calls_are_capped_at_the_measured_size():
+    """Calls of 256 sprites cost 3x the time of 128 on these machines (the heap grown and trimmed
+    every call, benchmarks/encode_calls.py): however many images a metric asks for, each call holds
+    at most BYTES_PER_CALL (128 sprites), and the codes do not depend on the split."""
+    from pyrovae import datasets
+    from pyrovae.metrics.base import BYTES_PER_CALL, IMAGES_PER_CALL, sample_codes
+
+    data = datasets.load("sprites", "test", num_train=64).info["factors"]
+    sizes = []
+
+    def representation(x):
+        sizes.append(x.shape[0])
+        return x.flatten(1)[:, :3] * 2.0
+
+    big = sample_codes(representation, data, 300, images_per_call=2048, rng=0)
+    per_image = 64 * 64 * 4  # one float32 64x64 sprite
+    assert max(sizes) <= BYTES_PER_CALL // per_image == IMAGES_PER_CALL == 128
+    sizes.clear()
+    small = sample_codes(representation, data, 300, images_per_call=7, rng=0)
+    assert max(sizes) == 7
+    assert all(torch.equal(torch.as_tensor(a), torch.as_tensor(b)) for a, b in zip(big, small))

@@ -39,6 +39,8 @@ import torch
 from sklearn.metrics import mutual_info_score
 
 __all__ = [
+    "BYTES_PER_CALL",
+    "IMAGES_PER_CALL",
     "GroundTruth",
     "Representation",
     "RNG",
@@ -156,14 +158,39 @@ def represent(representation: Representation, images: torch.Tensor) -> np.ndarra
         return _to_numpy(representation(images), images.shape[0])
 
 
+#: Images per call of a representation by default.  Encoding 5,120 random 64x64 sprites through
+#: the demo's conv encoder (``benchmarks/encode_calls.py``, 2 CPU cores, best of 5 interleaved runs
+#: in one process): 64, 96 or 128 per call took 0.15-0.16 s with no system time; 256 per call
+#: 0.51 s (3.4x), 0.50 s of it system time; 512 3.9x; 2048 (the BetaVAE score's calls) 4.6x.
+#: The system time is the allocator: above ~128 images the call's temporaries (~44 MiB at 256)
+#: no longer fit the freed heap, glibc grows it with ``brk`` and trims it back when they are freed,
+#: so the kernel faults in and zeroes those pages again at every call (10,900 page faults per
+#: call at 256, none at 128).  Setting the allocator's thresholds is the process owner's call,
+#: not the library's, so the calls are kept small instead.
+IMAGES_PER_CALL = 128
+#: The most bytes of images in one call (128 64x64 float32 sprites): a conv encoder's activations
+#: grow with the pixels it is given, so a call's size is chosen by bytes, not by a count alone.
+BYTES_PER_CALL = 128 * 64 * 64 * 4
+
+
 def represent_factors(
     representation: Representation, data: GroundTruth, factors: torch.Tensor, images_per_call: int
 ) -> np.ndarray:
-    """Codes ``(n, d)`` of the images of ``factors`` ``(n, K)``, ``images_per_call`` images per call."""
+    """Codes ``(n, d)`` of the images of ``factors`` ``(n, K)``.
+
+    At most ``images_per_call`` images go through ``representation`` in one
+    call, and at most :data:`BYTES_PER_CALL` bytes of them (see
+    :data:`IMAGES_PER_CALL` for the measurements); the codes do not depend on
+    how the images are split.
+    """
     check_count("images_per_call", images_per_call)
+    per_call = images_per_call
+    if factors.shape[0] > 0:
+        first = data.images(factors[:1])
+        per_call = max(1, min(images_per_call, BYTES_PER_CALL // max(first.element_size() * first.numel(), 1)))
     chunks = [
-        represent(representation, data.images(factors[start : start + images_per_call]))
-        for start in range(0, factors.shape[0], images_per_call)
+        represent(representation, data.images(factors[start : start + per_call]))
+        for start in range(0, factors.shape[0], per_call)
     ]
     return np.concatenate(chunks, axis=0)
 
@@ -173,7 +200,7 @@ def sample_codes(
     data: GroundTruth,
     num_points: int,
     *,
-    images_per_call: int = 256,
+    images_per_call: int = IMAGES_PER_CALL,
     rng: RNG = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``num_points`` factor draws and their codes: ``(codes (n, d) float64, factors (n, K) int64)``.

@@ -60,7 +60,8 @@ def intervention_differences(
 
     Only factors with more than one value are fixed.  All factors are drawn
     first, so ``points_per_call`` (points whose ``2 * batch_size`` images go
-    through ``representation`` in one call) changes memory and speed, never the result.
+    through ``representation``, in calls of at most :data:`~pyrovae.metrics.base.BYTES_PER_CALL`)
+    changes memory and speed, never the result.
     """
     check_count("num_points", num_points)
     check_count("batch_size", batch_size)

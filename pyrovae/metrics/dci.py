@@ -38,6 +38,7 @@ import numpy as np
 from sklearn.ensemble import GradientBoostingClassifier
 
 from pyrovae.metrics.base import (
+    IMAGES_PER_CALL,
     RNG,
     GroundTruth,
     Representation,
@@ -157,7 +158,7 @@ def dci(
     num_train: int = 10_000,
     num_test: int = 5_000,
     num_estimators: int = 100,
-    images_per_call: int = 256,
+    images_per_call: int = IMAGES_PER_CALL,
     rng: RNG = 0,
 ) -> dict[str, float]:
     """DCI scores of ``representation`` on ``data`` (keys as :func:`dci_from_codes`).
@@ -168,7 +169,8 @@ def dci(
     :param num_test: test points for informativeness (disentanglement_lib: 5,000).
     :param num_estimators: boosting stages of each classifier (disentanglement_lib:
         scikit-learn's default, 100).
-    :param images_per_call: images per call of ``representation`` (memory only; not the result).
+    :param images_per_call: at most this many images per call of ``representation`` (memory and
+        speed only, not the result; also capped at :data:`~pyrovae.metrics.base.BYTES_PER_CALL`).
     :param rng: seed or :class:`torch.Generator`.
 
     Example::

@@ -64,6 +64,11 @@ Memory and speed
     point), reduced once per batch with log-sum-exp; the decoder's outputs
     are never kept.  Peak memory therefore follows ``chunk_size`` (times the
     size of one decoder output) and not K, up to those K numbers per point.
+    The buffer and the ``(N,)`` results are allocated once, before the first
+    batch, and every batch reuses them: a new buffer per batch fragmented the
+    heap after a ``fit`` in the same process, and the peak grew with N
+    (K = 5000: +21 / +21 / +366 MiB at N = 1000 / 2000 / 4000; with one buffer +21 to +36 MiB
+    at every N, run to run noise; ``benchmarks/log_likelihood.py --after-fit-only``).
 
 Bits per dimension
     ``bits_per_dim`` is :math:`-\overline{\log p(x)} / (D \ln 2)` with :math:`D`
@@ -324,7 +329,16 @@ def _estimate(
     device = device_of(programs.owner, points.x)
     kwargs = programs.kwargs(1.0)  # the true model: β = 1, no training_kwargs
 
-    batches = []
+    num_points = len(points)
+    batch_size = min(batch_size, num_points)
+    # Allocated once, before any batch: the per-point results, and one buffer for K log-weights
+    # of each point of a batch.  A new K x batch buffer per batch (5 MB at K = 5000) left the
+    # heap fragmented after a fit (the peak grew with N); so does any result kept per batch.
+    out: dict[str, Any] = {name: torch.empty(num_points, dtype=torch.float64)
+                           for name in ("log_px", "stderr", "ess") + (("khat",) if with_khat else ())}
+    bound_values = {k: (torch.empty(num_points, dtype=torch.float64), torch.empty(num_points, dtype=torch.float64))
+                    for k in bounds}
+    buffer = _log_weight_buffer(num_samples, batch_size)
     with _evaluating(programs.owner, device, seed):
         with pyro.validation_enabled(True):  # Pyro's own checks and the program's structure, once
             structure = inspect_pair(programs, points.index(slice(0, batch_size)).to(device), kwargs,
@@ -332,48 +346,59 @@ def _estimate(
         _check_factorises(structure)
         truth = true_model(programs, structure, "log_likelihood")
         layout = _Layout(structure.max_plate_nesting, structure.data_plate)
-        for batch in points.split(batch_size):
-            batch = batch.to(device)
+        for start in range(0, num_points, batch_size):
+            batch = points.index(slice(start, start + batch_size)).to(device)
+            rows = slice(start, start + len(batch))
+            # a contiguous (K, B) view of the buffer's first K * B numbers: no copy, for the last batch too
+            log_w = buffer[: num_samples * len(batch)].view(num_samples, len(batch))
             chunk = min(num_samples, chunk_size or max(1, ROWS_PER_CALL // len(batch)))
             with pyro.validation_enabled(False):
-                batches.append(_estimate_batch(layout, truth, batch, kwargs, num_samples, chunk, bounds, with_khat))
+                eps = _fill_log_weights(log_w, layout, truth, batch, kwargs, chunk)
+            _reduce_batch(log_w, eps, rows, out, bound_values, with_khat)
 
-    out: dict[str, Any] = {name: torch.cat([b[name] for b in batches]) for name in batches[0] if name != "bounds"}
     out["event_numel"] = math.prod(points.x.shape[1:])
     out["bounds"] = {
-        k: BoundResult(
-            value=torch.cat([b["bounds"][k][0] for b in batches]),
-            stderr=torch.cat([b["bounds"][k][1] for b in batches]),
-            k=k,
-            num_estimates=num_samples // k,
-        )
-        for k in bounds
+        k: BoundResult(value=value, stderr=stderr, k=k, num_estimates=num_samples // k)
+        for k, (value, stderr) in bound_values.items()
     }
     return out
 
 
-def _estimate_batch(
-    layout: _Layout,
-    programs: Programs,
-    xb: Data,
-    kwargs: dict[str, Any],
-    num_samples: int,
-    chunk: int,
-    bounds: tuple[int, ...],
-    with_khat: bool,
-) -> dict[str, Any]:
-    """One batch of points: log-weights chunk by chunk into one CPU float64 buffer, then reduced per point."""
-    # The buffer holds K numbers per point (k-hat needs them all), never a decoder output;
-    # allocated once, so the chunks' large temporaries do not fragment the heap around it.
-    log_w = torch.empty(num_samples, len(xb), dtype=torch.float64)
+def _log_weight_buffer(num_samples: int, batch_size: int) -> torch.Tensor:
+    """The one flat float64 CPU buffer of ``num_samples * batch_size`` log-weights that every batch reuses."""
+    return torch.empty(num_samples * batch_size, dtype=torch.float64)
+
+
+def _fill_log_weights(
+    log_w: torch.Tensor, layout: _Layout, programs: Programs, xb: Data, kwargs: dict[str, Any], chunk: int
+) -> float:
+    """Fill ``log_w`` ``(K, B)`` with the batch's log-weights, ``chunk`` samples per model call.
+
+    The buffer holds K numbers per point (k-hat needs them all), never a decoder output.
+    :returns: the machine epsilon of the dtype the weights were computed in (for k-hat).
+    """
+    num_samples = log_w.shape[0]
     for start in range(0, num_samples, chunk):
         part = layout.log_weights(programs, xb, min(chunk, num_samples - start), kwargs)
         log_w[start : start + part.shape[0]] = part
-    out: dict[str, Any] = dict(zip(("log_px", "stderr", "ess"), _log_mean_exp(log_w)))
+    return torch.finfo(part.dtype).eps
+
+
+def _reduce_batch(
+    log_w: torch.Tensor,
+    eps: float,
+    rows: slice,
+    out: dict[str, torch.Tensor],
+    bound_values: dict[int, tuple[torch.Tensor, torch.Tensor]],
+    with_khat: bool,
+) -> None:
+    """Write one batch's per-point results into ``out[name][rows]``; nothing refers to ``log_w`` after."""
+    for name, value in zip(("log_px", "stderr", "ess"), _log_mean_exp(log_w)):
+        out[name][rows] = value
     if with_khat:
-        out["khat"] = _pareto_khat(log_w, torch.finfo(part.dtype).eps)
-    out["bounds"] = {k: _iwae_groups(log_w, k) for k in bounds}
-    return out
+        out["khat"][rows] = _pareto_khat(log_w, eps)
+    for k, (value, stderr) in bound_values.items():
+        value[rows], stderr[rows] = _iwae_groups(log_w, k)
 
 
 @contextlib.contextmanager

@@ -28,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from pyrovae.metrics.base import (
+    IMAGES_PER_CALL,
     RNG,
     GroundTruth,
     Representation,
@@ -81,7 +82,7 @@ def mig(
     *,
     num_train: int = 10_000,
     num_bins: int = 20,
-    images_per_call: int = 256,
+    images_per_call: int = IMAGES_PER_CALL,
     rng: RNG = 0,
 ) -> dict[str, float]:
     """The mutual information gap of ``representation`` on ``data``: ``{"mig": ...}``.
@@ -90,7 +91,8 @@ def mig(
     :param data: any :class:`~pyrovae.metrics.base.GroundTruth`.
     :param num_train: points sampled (disentanglement_lib: 10,000).
     :param num_bins: histogram bins per code (disentanglement_lib: 20).
-    :param images_per_call: images per call of ``representation`` (memory only; not the result).
+    :param images_per_call: at most this many images per call of ``representation`` (memory and
+        speed only, not the result; also capped at :data:`~pyrovae.metrics.base.BYTES_PER_CALL`).
     :param rng: seed or :class:`torch.Generator`.
 
     Example::

@@ -34,6 +34,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from pyrovae.metrics.base import (
+    IMAGES_PER_CALL,
     RNG,
     GroundTruth,
     Representation,
@@ -137,7 +138,7 @@ def modularity(
     num_train: int = 10_000,
     num_test: int = 5_000,
     num_bins: int = 20,
-    images_per_call: int = 256,
+    images_per_call: int = IMAGES_PER_CALL,
     rng: RNG = 0,
 ) -> dict[str, float]:
     """Modularity and explicitness of ``representation`` on ``data`` (keys as :func:`modularity_from_codes`).
@@ -147,7 +148,8 @@ def modularity(
     :param num_train: training points (disentanglement_lib: 10,000).
     :param num_test: test points for explicitness (disentanglement_lib: 5,000).
     :param num_bins: histogram bins per code for the mutual information (disentanglement_lib: 20).
-    :param images_per_call: images per call of ``representation`` (memory only; not the result).
+    :param images_per_call: at most this many images per call of ``representation`` (memory and
+        speed only, not the result; also capped at :data:`~pyrovae.metrics.base.BYTES_PER_CALL`).
     :param rng: seed or :class:`torch.Generator`.
 
     Example::

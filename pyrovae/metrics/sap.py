@@ -30,6 +30,7 @@ import numpy as np
 from sklearn.svm import LinearSVC
 
 from pyrovae.metrics.base import (
+    IMAGES_PER_CALL,
     RNG,
     GroundTruth,
     Representation,
@@ -113,7 +114,7 @@ def sap(
     num_train: int = 10_000,
     num_test: int = 5_000,
     continuous_factors: bool = False,
-    images_per_call: int = 256,
+    images_per_call: int = IMAGES_PER_CALL,
     rng: RNG = 0,
 ) -> dict[str, float]:
     """The SAP score of ``representation`` on ``data``: ``{"sap": ...}``.
@@ -124,7 +125,8 @@ def sap(
     :param num_test: test points of the SVMs (disentanglement_lib: 5,000).
     :param continuous_factors: score with :math:`R^2` instead of SVM accuracy
         (disentanglement_lib: ``False``).
-    :param images_per_call: images per call of ``representation`` (memory only; not the result).
+    :param images_per_call: at most this many images per call of ``representation`` (memory and
+        speed only, not the result; also capped at :data:`~pyrovae.metrics.base.BYTES_PER_CALL`).
     :param rng: seed or :class:`torch.Generator`.
 
     Example::
