@@ -210,14 +210,37 @@ def _state(owner: Any, params: dict[str, torch.Tensor]) -> dict[str, Any]:
     }
 
 
-def _load_state(owner: Any, params: dict[str, torch.Tensor], state: Mapping[str, Any]) -> None:
+def _load_state(owner: Any, params: dict[str, torch.Tensor], state: Mapping[str, Any],
+                source: str | os.PathLike = "the checkpoint") -> None:
+    """Copy ``state`` (from :func:`_state`) into the model; ``source`` (the file) names every refusal.
+
+    Everything is checked before anything is copied, so a refused checkpoint leaves the model as it was.
+    """
+    module = owner.state_dict() if isinstance(owner, torch.nn.Module) else {}
+    in_module = _module_param_ids(owner)
+    free = {k: v for k, v in params.items() if id(v) not in in_module}
+    for kind, ours, saved in (("tensor", module, state["module"]), ("parameter", free, state["params"])):
+        missing, unexpected = [k for k in ours if k not in saved], [k for k in saved if k not in ours]
+        if unexpected:
+            raise ValueError(f"{source} holds {kind} {unexpected[0]!r} that the model does not define"
+                             + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""))
+        if missing:
+            raise ValueError(f"{source} lacks the model's {kind} {missing[0]!r}"
+                             + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        differ = [k for k in ours if isinstance(ours[k], torch.Tensor) and _shape(saved[k]) != _shape(ours[k])]
+        if differ:
+            k = differ[0]
+            raise ValueError(f"{source} holds {k} of shape {_shape(saved[k])}, the model has {_shape(ours[k])}"
+                             + (f"; {len(differ) - 1} more differ" if len(differ) > 1 else ""))
     if isinstance(owner, torch.nn.Module):
         owner.load_state_dict(state["module"])
     with torch.no_grad():
         for name, value in state["params"].items():
-            if name not in params:
-                raise ValueError(f"Checkpoint has parameter {name!r} that the model does not define")
             params[name].copy_(value)
+
+
+def _shape(value: Any) -> Any:
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
 
 
 @torch.no_grad()
@@ -635,12 +658,20 @@ class _Trainer:
     # ------------------------------------------------------------ state
     def restore(self, checkpoint: Mapping[str, Any]) -> None:
         main = self.sources[0]
-        _load_state(self.programs.owner, self.params, checkpoint["state"])
-        self.optim.load_state_dict(checkpoint["optimizer"])
+        source = self.run_dir / CHECKPOINT_NAME
+        _load_state(self.programs.owner, self.params, checkpoint["state"], source)
+        for name, optim, saved in (("optimizer", self.optim, checkpoint["optimizer"]),
+                                   ("aux_optimizer", self.aux_optim, checkpoint.get("aux_optimizer"))):
+            if optim is None:
+                continue
+            try:
+                optim.load_state_dict(saved)
+            except (KeyError, ValueError, TypeError, RuntimeError) as e:  # torch says what, not which file
+                raise ValueError(f"{source} holds {name} state that does not fit the model's parameters "
+                                 f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from e
         if checkpoint.get("objective") and callable(getattr(main.elbo, "load_state_dict", None)):
             main.elbo.load_state_dict(checkpoint["objective"], self.device)  # e.g. the graph objective's baselines
         if self.aux_optim is not None:
-            self.aux_optim.load_state_dict(checkpoint["aux_optimizer"])
             for group in self.aux_optim.param_groups:  # the model's values, even where an older checkpoint held others
                 group.update(_auxiliary_hyperparameters(self.programs.owner))
         self.step, self.epoch, main.batch_index = checkpoint["step"], checkpoint["epoch"], checkpoint["batch_index"]
@@ -657,7 +688,7 @@ class _Trainer:
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         state = {
-            "format": 1, "step": self.step, "epoch": self.epoch, "batch_index": main.batch_index,
+            "format": 2, "step": self.step, "epoch": self.epoch, "batch_index": main.batch_index,
             "streams": [[src.epoch, src.batch_index] for src in self.sources[1:]],
             "sums": dict(self.sums), "history": self.history, "rng": rng, "settings": self.settings,
             "state": _state(self.programs.owner, self.params), "optimizer": self.optim.state_dict(),

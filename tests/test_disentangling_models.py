@@ -267,10 +267,10 @@ def test_resume_gives_the_discriminator_the_models_adam_settings(digits, tmp_pat
     x = digits[:256]
     pyrovae.fit(make("factor_vae"), x, epochs=1, batch_size=128, progress=False, out=tmp_path)
     path = tmp_path / "checkpoint.pt"
-    checkpoint = torch.load(path, weights_only=True)
+    checkpoint = pyrovae.load_checkpoint(path)  # edited and saved with its checksum
     for group in checkpoint["aux_optimizer"]["param_groups"]:
         group.update(lr=1e-3, betas=(0.9, 0.999))
-    torch.save(checkpoint, path)
+    pyrovae.save_checkpoint(checkpoint, path)
     pyrovae.fit(make("factor_vae"), x, epochs=2, batch_size=128, progress=False, out=tmp_path, resume=True)
     groups = torch.load(path, weights_only=True)["aux_optimizer"]["param_groups"]
     assert [(g["lr"], tuple(g["betas"])) for g in groups] == [(1e-4, (0.5, 0.9))]
