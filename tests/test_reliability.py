@@ -68,3 +68,64 @@ def test_fit_refuses_an_unwritable_run_folder_before_training(tmp_path):
     with pytest.raises(ValueError, match="Cannot write the run folder .*a parent is a file|is a file"):
         pyrovae.fit(vae, binary(), epochs=1, out=blocker / "run", progress=False)
     assert all(torch.equal(before[k], v) for k, v in vae.state_dict().items())  # no step was taken
+
+
+# ------------------------------------------- a table of bad inputs through the API
+def _vae() -> pyrovae.VAE:
+    return pyrovae.VAE((6,), 2, hidden=(8,))
+
+
+def _pair():
+    def model(x):
+        with pyro.plate("pts", x.shape[0]):
+            pyro.sample("x", pyro.distributions.Normal(pyro.param("m", torch.zeros(6)), 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        pass
+
+    return model, guide
+
+
+#: (call, the error's class, what the one line must name)
+BAD_API_INPUTS = [
+    (lambda: pyrovae.fit(_vae(), "not data", progress=False), TypeError, "data"),
+    (lambda: pyrovae.fit(_vae(), binary(), epochs=0, progress=False), ValueError, "epochs"),
+    (lambda: pyrovae.fit(_vae(), binary(), batch_size=-1, progress=False), ValueError, "batch_size"),
+    (lambda: pyrovae.fit(_vae(), binary(), lr=math.inf, progress=False), ValueError, "lr"),
+    (lambda: pyrovae.fit(_vae(), binary(), optimizer="lbfgs", progress=False), ValueError, "optimizer"),
+    (lambda: pyrovae.fit(_vae(), binary(), objective="nope", progress=False), ValueError, "objective"),
+    (lambda: pyrovae.fit(_vae(), binary(), objective="iwae", num_particles=0, progress=False), ValueError, "num_particles"),
+    (lambda: pyrovae.fit(_vae(), binary(), kl_weight=math.inf, progress=False), ValueError, "kl_weight"),
+    (lambda: pyrovae.fit(_vae(), binary(), kl_weight=-1.0, progress=False), ValueError, "kl_weight"),
+    (lambda: pyrovae.fit(_vae(), binary(), seed=-1, progress=False), ValueError, "seed"),
+    (lambda: pyrovae.fit(_vae(), binary(), device="tpu", progress=False), ValueError, "device"),
+    (lambda: pyrovae.fit(_vae(), binary(), jit="yes", progress=False), ValueError, "jit"),
+    (lambda: pyrovae.fit(_vae(), binary(), resume=True, progress=False), ValueError, "out"),
+    (lambda: pyrovae.fit(_vae(), binary(), valid_data=torch.full((3, 6), math.nan), progress=False), ValueError,
+     "valid_data"),
+    (lambda: pyrovae.fit(_vae(), (binary(), torch.zeros(3)), progress=False), ValueError, "first dimension"),
+    (lambda: pyrovae.fit(_pair(), torch.arange(12).reshape(2, 6), progress=False), TypeError, "floating dtype"),
+    (lambda: pyrovae.fit(_pair(), binary(), data_plate="nope", progress=False), ValueError, "data_plate"),
+    (lambda: pyrovae.fit(_pair(), binary(), kl_weight=2.0, progress=False), ValueError, "kl_weight"),
+    (lambda: pyrovae.log_likelihood(_vae(), binary(), num_samples=0), ValueError, "num_samples"),
+    (lambda: pyrovae.log_likelihood(_vae(), binary(), num_samples=10, bounds=(20,)), ValueError, "k"),
+    (lambda: pyrovae.log_likelihood(_vae(), binary(), chunk_size=0), ValueError, "chunk_size"),
+    (lambda: pyrovae.log_likelihood(_vae(), torch.full((4, 6), 0.5)), ValueError, "data"),
+    (lambda: pyrovae.evaluate_elbo(_vae(), binary(), batch_size=0), ValueError, "batch_size"),
+    (lambda: pyrovae.compare_estimators(_vae(), binary(), ["elbo"], num_repeats=1), ValueError, "num_repeats"),
+    (lambda: pyrovae.compare_estimators(_vae(), binary(), ["nope"]), ValueError, "objective"),
+    (lambda: pyrovae.VAE((6,), 0), ValueError, "z_dim"),
+    (lambda: pyrovae.VAE((6,), 2, hidden="400"), ValueError, "hidden"),
+    (lambda: pyrovae.BetaVAE((6,), 2, beta=math.nan), ValueError, "beta"),
+]
+
+
+@pytest.mark.parametrize("call, kind, named", BAD_API_INPUTS, ids=[f"case{i}" for i in range(len(BAD_API_INPUTS))])
+def test_bad_api_input_is_one_clear_line_naming_the_argument(call, kind, named, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    pyro.clear_param_store()
+    with pytest.raises(kind) as caught:
+        call()
+    message = str(caught.value)
+    assert "\n" not in message.strip() and named in message, message
+    assert list(tmp_path.iterdir()) == []  # nothing written
