@@ -19,6 +19,9 @@ torch.set_num_threads(1)
 
 @pytest.fixture(autouse=True)
 def _fresh_state():
+    # one thread in every test, whatever an earlier one set: the bit-exact resume tests
+    # assume the same reduction order
+    torch.set_num_threads(1)
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     yield

@@ -32,14 +32,6 @@ def x() -> torch.Tensor:
     return pyrovae.datasets.load("digits", binarize=True).x[:256]  # batch 64: 4 steps an epoch
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # bit-exact comparisons between runs assume the same reduction order
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def tiny_vae(init_seed: int = 0, z_dim: int = 2) -> pyrovae.VAE:
     torch.manual_seed(init_seed)
