@@ -267,7 +267,8 @@ def evaluate_elbo(obj: Any, data: Any, *, batch_size: int = 1000, num_particles:
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         with pyro.validation_enabled(True):
-            structure = inspect_pair(programs, batches.to(device), kwargs, data_plate=data_plate, what="evaluate_elbo")
+            first = batches.index(slice(0, batch_size)).to(device)  # not the whole set: a few points are traced
+            structure = inspect_pair(programs, first, kwargs, data_plate=data_plate, what="evaluate_elbo")
         truth = true_model(programs, structure, "evaluate_elbo")
         elbo.max_plate_nesting = structure.max_plate_nesting + int(num_particles > 1)
         torch.manual_seed(seed)
