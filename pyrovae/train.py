@@ -442,13 +442,12 @@ def _step_objective(elbo: ELBO, programs: Programs, jit: bool | None, world: int
         return elbo, "jit=False"
     if not isinstance(programs.owner, torch.nn.Module):
         return elbo, "the parameters are not held by one torch.nn.Module"
-    if jit is None and type(programs.owner).__module__.split(".")[0] != "pyrovae":
-        # Your own class may read Python state (an attribute a callback changes) that a
-        # recorded graph would freeze; pyrovae's models take such values as keyword arguments.
-        return elbo, (f"{type(programs.owner).__name__} is defined outside pyrovae; pass jit=True to compile "
-                      "its step (it must take every value that changes during training as an argument)")
+    # A class written outside pyrovae may keep Python state a recorded graph would freeze:
+    # Compiled(foreign=True) also refuses attributes and buffers a call changes, and a graph that a
+    # second eager step disagrees with; then the step runs eagerly and eager_reason says why.
+    foreign = type(programs.owner).__module__.split(".")[0] != "pyrovae"
     # strict only in one process: a refusal on one rank must not leave the others waiting
-    return Compiled(elbo, programs.owner, strict=jit is True and world == 1), "compiled"
+    return Compiled(elbo, programs.owner, strict=jit is True and world == 1, foreign=foreign), "compiled"
 
 
 def fit(

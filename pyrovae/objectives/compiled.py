@@ -211,6 +211,43 @@ def _foreign_tracer_warning(caught: list[warnings.WarningMessage]) -> str | None
     return None
 
 
+#: attributes every ``nn.Module`` has (torch's bookkeeping, not the program's state)
+_MODULE_INTERNALS = frozenset(vars(nn.Module())) - {"training"}
+
+
+def _fingerprint(value: Any, depth: int = 0) -> Hashable:
+    """A value's identity and, for plain data, its content (a tensor: identity and in-place version)."""
+    if value is None or isinstance(value, (bool, int, float, complex, str, bytes)):
+        return value
+    if torch.is_tensor(value):
+        return ("tensor", id(value), value._version)
+    if depth < 2 and isinstance(value, (list, tuple)):
+        return (type(value).__name__, id(value), tuple(_fingerprint(v, depth + 1) for v in value))
+    if depth < 2 and isinstance(value, dict):
+        return ("dict", id(value), tuple((repr(k), _fingerprint(v, depth + 1)) for k, v in value.items()))
+    return ("object", id(value))
+
+
+def _python_state(module: nn.Module) -> dict[tuple[str, str], Hashable]:
+    """The Python attributes of ``module`` and its submodules, and its buffers (running statistics
+    a call updates in place; their updates inside a recorded graph are not checked against eager)."""
+    state: dict[tuple[str, str], Hashable] = {}
+    for prefix, m in module.named_modules():
+        for key, value in vars(m).items():
+            if key not in _MODULE_INTERNALS:
+                state["attribute", f"{prefix}.{key}" if prefix else key] = _fingerprint(value)
+    for name, buffer in module.named_buffers():
+        state["buffer", name] = _fingerprint(buffer)
+    return state
+
+
+def _changed_state(before: dict[tuple[str, str], Hashable], after: dict[tuple[str, str], Hashable]) -> str | None:
+    for kind, name in sorted(set(before) | set(after)):
+        if before.get((kind, name), "<unset>") != after.get((kind, name), "<unset>"):
+            return f"the module's {kind} {name!r}"
+    return None
+
+
 class Compiled(ELBO):
     """An objective whose training step is recorded once per input signature and replayed.
 
@@ -220,6 +257,10 @@ class Compiled(ELBO):
         step cannot be compiled.
     :param rtol: relative tolerance of the check against the eager step (float32
         rounding of a reordered sum; a baked-in number is off by far more).
+    :param foreign: the programs were written outside pyrovae: also refuse a call
+        that changes the module's Python attributes or buffers (an annealing counter,
+        BatchNorm's running statistics) and a graph that disagrees with a second
+        eager step (Python state read from elsewhere, a global counter, say).
 
     Example::
 
@@ -227,13 +268,15 @@ class Compiled(ELBO):
         loss = step.loss_and_grads(vae.model, vae.guide, x_batch, kl_weight=0.5)
     """
 
-    def __init__(self, objective: ELBO, module: nn.Module, *, strict: bool = False, rtol: float = 1e-4) -> None:
+    def __init__(self, objective: ELBO, module: nn.Module, *, strict: bool = False, rtol: float = 1e-4,
+                 foreign: bool = False) -> None:
         super().__init__(num_particles=objective.num_particles, max_plate_nesting=objective.max_plate_nesting,
                          vectorize_particles=objective.vectorize_particles)
         self.objective = objective
         self.module = module
         self.strict = strict
         self.rtol = rtol
+        self.foreign = foreign
         #: why steps run eagerly (``None`` while every step so far was compiled)
         self.eager_reason: str | None = None
         self._fn = loss_and_surrogate_of(objective)
@@ -323,6 +366,7 @@ class Compiled(ELBO):
                 inputs: tuple[torch.Tensor, ...]):
         devices = [signature.like.device] if signature.like.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), pyro.validation_enabled(False):
+            before = _python_state(self.module) if self.foreign else None
             if not self._checked_programs:
                 self._check_programs(model, guide, args, kwargs)
                 self._checked_programs = True
@@ -339,7 +383,14 @@ class Compiled(ELBO):
             foreign = _foreign_tracer_warning(caught)
             if foreign is not None:
                 raise NotCompilable(foreign)
+            if before is not None:
+                changed = _changed_state(before, _python_state(self.module))
+                if changed:
+                    raise NotCompilable(f"calling the programs changes {changed}, which a recorded graph would "
+                                        "freeze (pass such a value as an argument)")
             self._check(graph, model, guide, args, kwargs, signature)
+            if self.foreign:  # a value read from Python state that moves between calls shows on a second step
+                self._check(graph, model, guide, args, kwargs, signature)
             if signature.float_keys:  # a graph input must move the result as the eager step does
                 self._check(graph, model, guide, args, _perturbed(kwargs, signature.float_keys), signature)
         return graph
