@@ -123,16 +123,23 @@ def samples_grid(vae: Any, path: str | os.PathLike, *, num: int = 64, seed: int 
 
 
 @torch.no_grad()
-def kl_per_dimension(vae: Any, x: torch.Tensor, *, batch_size: int = 1000) -> torch.Tensor:
+def kl_per_dimension(vae: Any, x: torch.Tensor, *, batch_size: int | None = None) -> torch.Tensor:
     """Average KL(q(z_j | x) || p(z_j)) for each latent dimension j, in nats (diagonal Normal q and p).
 
     :param vae: the model (see the module's interface).
     :param x: the data points to average over.
-    :param batch_size: points per encoder call.
+    :param batch_size: points per encoder call (default: as many as keep one call's activations
+        within :data:`pyrovae.metrics.call_size.CALL_BYTES`, at most 1000).
     :returns: ``(z_dim,)`` on the CPU.
     """
     from torch.distributions import kl_divergence
 
+    from pyrovae.metrics.call_size import activation_bytes, rows_per_call
+
+    if batch_size is None:
+        one = x[:1].to(_device(vae))
+        batch_size = rows_per_call(activation_bytes(vae, lambda: vae.posterior(one), one.numel() * one.element_size()),
+                                   1000)
     total = torch.zeros(vae.z_dim)
     prior = vae.prior()
     prior = getattr(prior, "base_dist", prior)

@@ -172,3 +172,41 @@ def test_bad_options_are_one_line_and_write_nothing(tmp_path, capsys, flags):
     err = capsys.readouterr().err.strip()
     assert err.startswith("pyrovae: error:") and "\n" not in err, err
     assert not out.exists()
+
+
+def test_a_cli_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path):
+    """kill -9 part-way through `pyrovae train`, then `pyrovae train --resume`: the same parameters,
+    bit for bit, as the same command run to the end; the dead run's lock is taken over."""
+    import signal
+
+    args = ["train", "--model", "vae", "--dataset", "digits", "--epochs", "15", "--batch-size", "64", "-o", "z_dim=2",
+            "-o", "hidden=[16]", "--seed", "5", "--checkpoint-every", "5", "--no-progress"]
+    victim_dir = tmp_path / "victim"
+    victim = subprocess.Popen([sys.executable, "-m", "pyrovae", *args, "--out", str(victim_dir)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while not (victim_dir / "checkpoint.pt").exists():
+            if victim.poll() is not None:
+                pytest.fail(f"the run exited (rc={victim.returncode}) before its first checkpoint:\n"
+                            f"{victim.stdout.read().decode(errors='replace')[-3000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail("no checkpoint appeared within 120 s")
+            time.sleep(0.005)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=30)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+            victim.wait()
+    assert victim.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    killed_at = torch.load(victim_dir / "checkpoint.pt", weights_only=True)["step"]
+    assert 0 < killed_at < 15 * 22, killed_at  # 1,397 training digits, batch 64: 22 steps an epoch
+
+    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+    assert main(["train", "--resume", str(victim_dir), "--no-progress"]) == 0
+    whole, resumed = _state(tmp_path / "whole"), _state(victim_dir)
+    assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
+    history = json.loads((victim_dir / "history.json").read_text())
+    assert [row["epoch"] for row in history] == list(range(1, 16))
+    assert not (victim_dir / LOCK_NAME).exists()  # the dead run's lock was taken over and released
