@@ -210,3 +210,42 @@ def test_a_cli_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_p
     history = json.loads((victim_dir / "history.json").read_text())
     assert [row["epoch"] for row in history] == list(range(1, 16))
     assert not (victim_dir / LOCK_NAME).exists()  # the dead run's lock was taken over and released
+
+
+@pytest.mark.parametrize("command", ["train", "demo", "sweep", "evaluate"])
+def test_a_read_only_run_folder_is_refused_in_one_line_before_any_work(tmp_path, capsys, monkeypatch, command):
+    """Issue 11 item 6.  Root ignores file modes, so a read-only file system is simulated where the
+    write probe happens (``check_writable``); every command must say so in one line, having trained
+    and estimated nothing."""
+    import errno
+    import pathlib
+
+    out = tmp_path / "run"
+    if command == "evaluate":  # a finished run to evaluate, then its folder turns read-only
+        assert main([*TRAIN, "--out", str(out)]) == 0
+    real_write = pathlib.Path.write_bytes
+
+    def read_only(path, data):
+        if path.name.startswith(".write-test-"):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_write(path, data)
+
+    def never(*args, **kwargs):
+        raise AssertionError("work started in a folder that cannot be written")
+
+    monkeypatch.setattr(pathlib.Path, "write_bytes", read_only)
+    monkeypatch.setattr("pyrovae.train._Trainer.run", never)
+    monkeypatch.setattr("pyrovae.experiment.log_likelihood", never)
+    before = sorted(p.name for p in out.iterdir()) if out.exists() else []
+    capsys.readouterr()
+    argv = {
+        "train": [*TRAIN, "--out", str(out)],
+        "demo": ["demo", "--out", str(out), "--epochs", "1"],
+        "sweep": ["sweep", "--model", "beta_vae", "--dataset", "digits", "--epochs", "1", "-o", "z_dim=2",
+                  "-o", "hidden=[8]", "--values", "2", "--metrics", "mig", "--out", str(out)],
+        "evaluate": ["evaluate", str(out)],
+    }[command]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "read-only file system" in err, err
+    assert (sorted(p.name for p in out.iterdir()) if out.exists() else []) == before
