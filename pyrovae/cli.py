@@ -27,6 +27,7 @@ from pyrovae.experiment import (
     sweep_parameter,
 )
 from pyrovae.metrics import METRICS
+from pyrovae.metrics.collapse import COLLAPSE_METRICS
 from pyrovae.models import MODELS, make_model
 from pyrovae.objectives import OBJECTIVES
 from pyrovae.train import TrainingDiverged, fit
@@ -79,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model", epilog=_tables(), formatter_class=argparse.RawDescriptionHelpFormatter)
     train.add_argument("--model", choices=sorted(MODELS), help=f"(default: {RunConfig.model})")
     train.add_argument("--dataset", choices=sorted(DATASETS), help=f"(default: {RunConfig.dataset})")
-    train.add_argument("--objective", choices=sorted(OBJECTIVES), help=f"(default: {RunConfig.objective})")
+    train.add_argument("--objective", choices=sorted(OBJECTIVES), help="(default: the model's default_objective, elbo for most)")
     train.add_argument("--num-particles", type=int, default=None, help="samples per point (iwae's K)")
     train.add_argument("--alpha", type=float, default=None, help="Rényi order (objective renyi)")
     train.add_argument("--beta", type=float, default=None,
@@ -115,7 +116,8 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--num-samples", type=int, default=5000, help="importance samples per point (K)")
     evaluate.add_argument("--num-points", type=int, default=None, help="test points to use (default: all)")
     evaluate.add_argument("--metrics", nargs="*", default=[], metavar="NAME",
-                          help=f"disentanglement metrics: all or some of {', '.join(METRICS)}")
+                          help=f"disentanglement metrics: all or some of {', '.join(METRICS)}; posterior-collapse "
+                               f"diagnostics: {', '.join(COLLAPSE_METRICS)} (names apart or comma-separated)")
     evaluate.add_argument("--metric-points", type=int, default=None,
                           help="train points per metric (default: disentanglement_lib's 10,000; test = half)")
 
@@ -237,8 +239,10 @@ def _train_config(args: argparse.Namespace) -> RunConfig:
 
 
 def _report(numbers: dict, out: Path) -> None:
+    active = numbers["active_dimensions"]  # None where KL per dimension does not apply (a mixture prior, codes)
+    dims = "" if active is None else f" {active} active latent dimensions;"
     print(f"\ntest ELBO (β = 1): {numbers['test_elbo']:.2f} nats per point on {numbers['test_points']} test points;"
-          f" {numbers['active_dimensions']} active latent dimensions; {numbers['train_seconds']} s of training")
+          f"{dims} {numbers['train_seconds']} s of training")
     print(f"numbers:  {out / 'results.json'}  and  {out / 'history.csv'}")
     print(f"pictures: {', '.join(str(Path(p)) for p in numbers['pictures'].values())}")
 
@@ -276,7 +280,8 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    metrics = list(METRICS) if "all" in args.metrics else args.metrics
+    names = [name for arg in args.metrics for name in arg.split(",") if name]
+    metrics = list(METRICS) if "all" in names else names
     numbers = evaluate_run(args.run_dir, num_samples=args.num_samples, num_points=args.num_points,
                            metrics=metrics, metric_options=_metric_options(args.metric_points))
     print(f"evaluation of {args.run_dir} (true model, β = 1; K = {args.num_samples}):")

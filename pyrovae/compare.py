@@ -127,6 +127,18 @@ class EstimatorComparison:
                 return row
         raise KeyError(f"No objective {objective!r}; have {[r.objective for r in self.rows]}")
 
+    def __add__(self, other: "EstimatorComparison") -> "EstimatorComparison":
+        """Both tables' rows in one (the same draws per objective and batch size), e.g. a discrete model's
+        estimators beside its relaxed training (``program_kwargs={"temperature": 0.5}``)."""
+        if not isinstance(other, EstimatorComparison):
+            return NotImplemented
+        if (other.num_repeats, other.batch_size) != (self.num_repeats, self.batch_size):
+            raise ValueError(
+                f"Expected comparisons with the same num_repeats and batch size, got ({self.num_repeats}, "
+                f"{self.batch_size}) and ({other.num_repeats}, {other.batch_size})"
+            )
+        return EstimatorComparison(self.rows + other.rows, self.num_repeats, self.batch_size)
+
     def to_dicts(self) -> list[dict[str, Any]]:
         return [dataclasses.asdict(r) for r in self.rows]
 
@@ -214,6 +226,7 @@ def compare_estimators(
     seed: int = 0,
     verbose: bool = True,
     data_plate: str | None = None,
+    program_kwargs: Mapping[str, Any] | None = None,
 ) -> EstimatorComparison:
     """Bound, gradient variance, SNR and time per step of each objective on one minibatch.
 
@@ -228,6 +241,9 @@ def compare_estimators(
     :param seed: draw ``r`` uses seed ``seed + r``; the global RNG state is restored after.
     :param verbose: print the table.
     :param data_plate: the per-point plate's name, where several plates follow the batch.
+    :param program_kwargs: keyword arguments for model and guide in every draw, shown in each row's
+        label (``{"temperature": 0.5}``: a discrete VAE's relaxed programs); ``None``: none, the
+        programs as evaluations call them.  Tables add: ``compare_estimators(...) + compare_estimators(...)``.
     :returns: an :class:`EstimatorComparison` (``str()`` is the table).
 
     An objective whose checks refuse the pair (a ``ValueError`` or
@@ -248,23 +264,31 @@ def compare_estimators(
         raise ValueError(f"Expected num_repeats to be an int >= 2, got {num_repeats!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"Expected batch_size to be an int >= 1, got {batch_size!r}")
+    if program_kwargs is None:
+        program_kwargs = {}
+    if not isinstance(program_kwargs, Mapping) or not all(isinstance(k, str) for k in program_kwargs):
+        raise TypeError(f"Expected program_kwargs to be a mapping of keyword names to values, got {program_kwargs!r}")
     if isinstance(objectives, (str, ELBO)):
         objectives = [objectives]
     resolved = [parse_objective(spec) for spec in objectives]  # fail on a bad spec before any work
+    if program_kwargs:
+        shown = ",".join(f"{k}={v}" for k, v in program_kwargs.items())
+        resolved = [(f"{label} [{shown}]", elbo) for label, elbo in resolved]
     programs = resolve_programs(vae_or_pair)
     points = as_data(data, "data")
     points = validate_batch(programs, points, "data")
     device = device_of(programs.owner, points.x)
     batch = points.index(slice(0, batch_size)).to(device)
+    call = {**batch.kwargs, **program_kwargs}  # model and guide take the data's keywords and these
     cuda = [device] if device.type == "cuda" else []
 
     rows = []
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
         with pyro.validation_enabled(True):
-            structure = inspect_pair(programs, batch, {}, data_plate=data_plate, what="compare_estimators")
+            structure = inspect_pair(programs, batch, program_kwargs, data_plate=data_plate, what="compare_estimators")
         with poutine.block():
-            model_trace, guide_trace = trace_pair(programs, batch, {})
+            model_trace, guide_trace = trace_pair(programs, batch, program_kwargs)
         nesting = structure.max_plate_nesting
         encoder, decoder = split_parameters(model_trace, guide_trace)
         del guide_trace, model_trace  # and their graphs
@@ -279,7 +303,7 @@ def compare_estimators(
                 rows.append(EstimatorStats.refused(label, str(error)))
                 continue
             set_data_plate(elbo, structure)
-            reason = _not_applicable(elbo, programs.model, programs.guide, batch)  # validated warm-up, not timed
+            reason = _not_applicable(elbo, programs.model, programs.guide, batch, program_kwargs)  # validated warm-up, not timed
             if reason is not None:
                 rows.append(EstimatorStats.refused(label, reason))
                 continue
@@ -291,7 +315,7 @@ def compare_estimators(
                     if cuda:
                         torch.cuda.synchronize(device)
                     start = time.perf_counter()
-                    loss = elbo.loss_and_grads(programs.model, programs.guide, *batch.args, **batch.kwargs)
+                    loss = elbo.loss_and_grads(programs.model, programs.guide, *batch.args, **call)
                     if cuda:
                         torch.cuda.synchronize(device)
                     seconds.append(time.perf_counter() - start)
@@ -317,7 +341,8 @@ def compare_estimators(
     return result
 
 
-def _not_applicable(elbo: ELBO, model: Callable, guide: Callable, batch: Data) -> str | None:
+def _not_applicable(elbo: ELBO, model: Callable, guide: Callable, batch: Data,
+                    program_kwargs: Mapping[str, Any]) -> str | None:
     """One validated ``loss_and_grads``: ``None`` if it ran, else why the objective does not apply.
 
     A ``ValueError`` or ``NotImplementedError`` raised by the objective's own
@@ -339,7 +364,7 @@ def _not_applicable(elbo: ELBO, model: Callable, guide: Callable, batch: Data) -
 
     try:
         with pyro.validation_enabled(True):
-            elbo.loss_and_grads(watched(model), watched(guide), *batch.args, **batch.kwargs)
+            elbo.loss_and_grads(watched(model), watched(guide), *batch.args, **batch.kwargs, **program_kwargs)
     except (ValueError, NotImplementedError) as error:
         chain: BaseException | None = error
         while chain is not None:  # an objective re-raising a program's error is still the program's

@@ -32,6 +32,7 @@ from pyrovae import plots
 from pyrovae.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from pyrovae.datasets import DATASETS, load
 from pyrovae.metrics import METRICS, evaluate_metrics
+from pyrovae.metrics.collapse import COLLAPSE_METRICS
 from pyrovae.metrics.likelihood import log_likelihood
 from pyrovae.models import MODELS, make_model
 from pyrovae.objectives import make_objective
@@ -99,7 +100,8 @@ class RunConfig:
     model_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     dataset: str = "digits"
     dataset_options: dict[str, Any] = dataclasses.field(default_factory=dict)
-    objective: str = "elbo"
+    #: None: the model's ``default_objective`` (filled in at construction, so config.json names it)
+    objective: str | None = None
     num_particles: int | None = None
     alpha: float | None = None
     kl_weight: float | dict[str, Any] | None = None
@@ -116,6 +118,8 @@ class RunConfig:
         # everything a run needs is checked here, so that a refused run writes nothing
         check_model_options(self.model, self.model_options)
         check_dataset_options(self.dataset, self.dataset_options)
+        if self.objective is None:
+            self.objective = getattr(MODELS[self.model], "default_objective", "elbo")
         make_objective(self.objective, num_particles=self.num_particles, alpha=self.alpha)
         if self.kl_weight is not None:
             if isinstance(self.kl_weight, Mapping) and self.kl_weight.get("name") in SCHEDULES:
@@ -222,7 +226,9 @@ def run(
     :param lr: a new learning rate for a resumed run (e.g. after it stopped on a NaN);
         recorded in ``config.json`` and in every later history row.
     :returns: the final numbers (also in ``out/results.json``), with the paths of
-        the pictures under ``"pictures"``.
+        the pictures under ``"pictures"``; a picture that does not apply to the model
+        (:class:`pyrovae.plots.PlotNotApplicable`) is skipped, printed in one line and
+        recorded with its reason under ``"skipped_pictures"``.
     """
     out = Path(out)
     if resume:
@@ -282,26 +288,41 @@ def _train_and_report(config: RunConfig, model: Any, train: Any, valid: Any, tes
     )
     model.eval()
     x_test = test.x
-    kl = plots.kl_per_dimension(model, x_test)
+    skipped: dict[str, str] = {}  # picture -> why it does not apply to this model
+    try:
+        kl = plots.kl_per_dimension(model, x_test)
+    except plots.PlotNotApplicable as e:
+        kl, skipped["kl_per_dimension"] = None, str(e)
     numbers: dict[str, Any] = {
         "dataset": config.dataset,
         "model": config.model,
         "test_elbo": evaluate_elbo(model, x_test, seed=config.seed),
         "test_points": len(test),
-        "kl_per_dimension": [round(v, 4) for v in kl.tolist()],
-        "active_dimensions": int((kl > 0.01).sum()),
+        "kl_per_dimension": None if kl is None else [round(v, 4) for v in kl.tolist()],
+        "active_dimensions": None if kl is None else int((kl > 0.01).sum()),
         "epochs": len(result.history),
         "steps": result.step,
         "train_seconds": round(result.final.get("seconds", 0.0), 2),
     }
-    pictures = {
-        "reconstructions": plots.reconstruction_grid(model, x_test, out / "reconstructions.png"),
-        "samples": plots.samples_grid(model, out / "samples.png", seed=config.seed),
-        "traversals": plots.traversal_grid(model, x_test, out / "traversals.png", order_by_kl=kl),
-        "kl_per_dimension": plots.kl_bar_chart(kl, out / "kl_per_dimension.png"),
-        "history": plots.history_plot(result.history, out / "history.png"),
+    drawings = {
+        "reconstructions": lambda: plots.reconstruction_grid(model, x_test, out / "reconstructions.png"),
+        "samples": lambda: plots.samples_grid(model, out / "samples.png", seed=config.seed),
+        "traversals": lambda: plots.traversal_grid(model, x_test, out / "traversals.png", order_by_kl=kl),
+        "kl_per_dimension": None if kl is None else lambda: plots.kl_bar_chart(kl, out / "kl_per_dimension.png"),
+        "history": lambda: plots.history_plot(result.history, out / "history.png"),
     }
+    pictures = {}
+    for name, draw in drawings.items():
+        if draw is None:
+            continue
+        try:
+            pictures[name] = draw()
+        except plots.PlotNotApplicable as e:  # only "this picture is not for this model": any other error is a bug
+            skipped[name] = str(e)
+    for name, why in skipped.items():
+        print(f"{out}: skipped the {name} picture: {why}")
     numbers["pictures"] = {k: str(v) for k, v in pictures.items()}
+    numbers["skipped_pictures"] = skipped
     (out / "results.json").write_text(json.dumps(numbers, indent=1))
     return numbers
 
@@ -343,9 +364,11 @@ def evaluate_run(
     check_positive_int("num_samples", num_samples)
     if num_points is not None:
         check_positive_int("num_points", num_points)
-    unknown = sorted(set(metrics) - set(METRICS))
+    unknown = sorted(set(metrics) - set(METRICS) - set(COLLAPSE_METRICS))
     if unknown:
-        raise ValueError(f"Expected metric names from {sorted(METRICS)}, got {unknown}")
+        raise ValueError(f"Expected metric names from {sorted(METRICS) + sorted(COLLAPSE_METRICS)}, got {unknown}")
+    collapse = [name for name in metrics if name in COLLAPSE_METRICS]  # need the guide and data, not factors
+    metrics = [name for name in metrics if name in METRICS]
     config, model = load_run(run_dir)
     test = load(config.dataset, "test", **config.dataset_options)
     factors = test.info.get("factors")
@@ -356,6 +379,9 @@ def evaluate_run(
     result = log_likelihood(model, x, num_samples=num_samples, seed=config.seed)
     numbers: dict[str, Any] = {"num_points": int(x.shape[0]), **result.summary(),
                                "reconstruction_error": reconstruction_error(model, x)}
+    device = next(model.parameters()).device
+    for name in collapse:
+        numbers.update(COLLAPSE_METRICS[name](lambda xb: model.posterior(xb.to(device)), x, prior=model.prior()))
     if metrics:
         numbers.update(evaluate_metrics(_representation(model), factors, names=tuple(metrics), **(metric_options or {})))
     (run_dir / "evaluation.json").write_text(json.dumps(numbers, indent=1))

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from pyro import poutine
 from pyro.distributions.util import scale_and_mask
+from pyro.infer import TraceGraph_ELBO, TraceMeanField_ELBO
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import prune_subsample_sites, site_is_subsample
@@ -54,6 +55,7 @@ __all__ = [
     "device_of",
     "find_data_plate",
     "inspect_pair",
+    "requires_guide_sites",
     "resolve_programs",
     "set_data_plate",
     "split_parameters",
@@ -621,8 +623,21 @@ def split_parameters(model_trace: Trace, guide_trace: Trace) -> tuple[dict[str, 
 
 
 # ============================================================ objectives
+def requires_guide_sites(elbo: Any) -> bool:
+    """Whether ``elbo`` needs a guide site for every model latent: its ``requires_guide_sites`` flag, else
+    true of Pyro's ``TraceGraph_ELBO`` and ``TraceMeanField_ELBO`` (they look each model latent up in the
+    guide's trace, so a site the model enumerates and the guide leaves out breaks them)."""
+    return bool(getattr(elbo, "requires_guide_sites", isinstance(elbo, (TraceGraph_ELBO, TraceMeanField_ELBO))))
+
+
 def check_objective(elbo: Any, structure: Structure, what: str) -> None:
     """Refuse, in one line naming the site, a program the objective cannot estimate (before any particle runs)."""
+    if structure.enumerated and requires_guide_sites(elbo):
+        raise ProgramError(
+            f"{what} needs a guide site for every latent site of the model, but the model's site "
+            f"{structure.enumerated[0]!r} is marked for enumeration and the guide leaves it out; use "
+            "objective='enum' (TraceEnum_ELBO sums it out exactly)"
+        )
     if getattr(elbo, "requires_local_latents", False):
         structure.require_local(what)
         structure.require_vectorized(what)

@@ -76,7 +76,7 @@ from typing import Any
 
 import pyro
 import torch
-from pyro.infer import ELBO, Trace_ELBO
+from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO
 
 from pyrovae.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from pyrovae.handlers import plate_scale
@@ -248,6 +248,9 @@ def evaluate_elbo(obj: Any, data: Any, *, batch_size: int = 1000, num_particles:
                   data_plate: str | None = None) -> float:
     """The true ELBO per data point, averaged over ``data``.
 
+    Latent sites the model marks for enumeration and the guide leaves out are
+    summed exactly (``TraceEnum_ELBO``); every other latent is sampled.
+
     The true model is the program with every scale removed (β = 1, no
     minibatch N/B, no ``poutine.scale`` of the program's own: a warning says
     when one is dropped), as :func:`~pyrovae.metrics.likelihood.log_likelihood`
@@ -262,7 +265,6 @@ def evaluate_elbo(obj: Any, data: Any, *, batch_size: int = 1000, num_particles:
     check_positive_int("seed", seed, minimum=0)
     device = device_of(programs.owner, batches.x)
     kwargs = programs.kwargs(1.0)
-    elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1)
     total = 0.0
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
@@ -270,7 +272,10 @@ def evaluate_elbo(obj: Any, data: Any, *, batch_size: int = 1000, num_particles:
             first = batches.index(slice(0, batch_size)).to(device)  # not the whole set: a few points are traced
             structure = inspect_pair(programs, first, kwargs, data_plate=data_plate, what="evaluate_elbo")
         truth = true_model(programs, structure, "evaluate_elbo")
-        elbo.max_plate_nesting = structure.max_plate_nesting + int(num_particles > 1)
+        # a site the model sums out (and the guide leaves out) is summed exactly, as TraceEnum_ELBO trains it
+        estimator = TraceEnum_ELBO if structure.enumerated else Trace_ELBO
+        elbo = estimator(num_particles=num_particles, vectorize_particles=num_particles > 1,
+                         max_plate_nesting=structure.max_plate_nesting + int(num_particles > 1))
         torch.manual_seed(seed)
         with pyro.validation_enabled(False):
             for batch in batches.split(batch_size):
@@ -454,7 +459,7 @@ def fit(
     obj: Any,
     data: Any,
     *,
-    objective: str | ELBO = "elbo",
+    objective: str | ELBO | None = None,
     num_particles: int | None = None,
     alpha: float | None = None,
     kl_weight: float | Schedule | Mapping[str, Any] | None = None,
@@ -484,7 +489,9 @@ def fit(
         a dict of tensors (called as keywords) or a ``torch.utils.data.Dataset``
         of tensors, tuples or dicts; every tensor's first dimension is the point.
     :param objective: a name in :data:`pyrovae.objectives.OBJECTIVES` or any
-        :class:`pyro.infer.ELBO` instance.
+        :class:`pyro.infer.ELBO` instance; default: the model's
+        ``default_objective`` (``"enum"`` for a model that sums a latent out,
+        ``"elbo"`` otherwise and for your own programs).
     :param num_particles: samples per data point (``iwae``'s K), for named objectives.
     :param alpha: the Rényi order, for ``objective="renyi"``.
     :param kl_weight: β, a number, a :class:`~pyrovae.schedules.Schedule` or its
@@ -536,6 +543,8 @@ def fit(
     if "kl_weight" in train.kwargs:
         raise ValueError("data key 'kl_weight' clashes with the keyword argument fit passes to model and guide")
     _check_arguments(epochs, batch_size, seed, checkpoint_every, lr, optimizer, resume, out, jit, programs)
+    if objective is None:
+        objective = getattr(programs.owner, "default_objective", "elbo")
     elbo = make_objective(objective, num_particles=num_particles, alpha=alpha)
     if not isinstance(streams, (list, tuple)) or not all(isinstance(s, Stream) for s in streams):
         raise TypeError(f"Expected streams to be a list of pyrovae.Stream, got {streams!r}")

@@ -89,6 +89,8 @@ def valid_data(support: str, shape: tuple[int, ...]) -> torch.Tensor:
         return torch.bernoulli(torch.full(shape, 0.5), generator=g)
     if support == "unit_interval":
         return torch.rand(shape, generator=g)
+    if support == "grey8":  # 8-bit grey levels k / 255
+        return torch.randint(0, 256, shape, generator=g) / 255
     return 3 * torch.randn(shape, generator=g)
 
 

@@ -18,6 +18,7 @@ from pyro.infer import Trace_ELBO
 from torch.distributions import Normal, kl_divergence
 
 import pyrovae
+from pyrovae.objectives import make_objective
 from pyrovae.models import MODELS, VAE, BetaTCVAE, CapacityVAE, DIPVAE, FactorVAE
 from pyrovae.models.beta_tcvae import aggregate_log_densities, log_importance_weights
 
@@ -74,8 +75,16 @@ def test_tradeoff_parameter_is_a_constructor_argument_that_reaches_training(name
     """What ``pyrovae sweep`` varies is an argument of the class that changes the training objective."""
     cls = MODELS[name]
     parameter = cls.tradeoff_parameter
-    if parameter is None:  # the sweep varies fit's kl_weight
-        assert cls is VAE
+    if parameter is None:  # the sweep varies fit's kl_weight, which must then reach the training loss
+        x = torch.rand(16, 1, 8, 8).round()
+        model = cls(**SMALL)
+        elbo = make_objective(cls.default_objective)
+        elbo.max_plate_nesting = 2
+        losses = []
+        for weight in (1.0, 3.0):
+            pyro.set_rng_seed(0)
+            losses.append(elbo.loss(model.model, model.guide, x, kl_weight=weight))
+        assert losses[0] != losses[1], f"{name}: kl_weight does not change the training loss"
         return
     assert parameter in inspect.signature(cls.__init__).parameters
     x = torch.rand(16, 1, 8, 8)

@@ -21,6 +21,11 @@ EXPECTED = {
     "beta_vae_sprites": SPRITES_KEYS,
     "factor_vae_sprites": SPRITES_KEYS,
     "beta_tcvae_sprites": SPRITES_KEYS,
+    "discrete_vae_mnist": {"test_neg_log_px", "test_log_px", "test_log_px_stderr", "test_elbo",
+                           "encoder_variance[graph]", "encoder_variance[elbo [temperature=0.5]]"},
+    "vq_vae_mnist": {"test_bits_per_dim", "test_bits_per_dim_uniform", "codebook_use", "dead_share_last_epoch"},
+    "vq_vae2": {"test_bits_per_dim", "test_bits_per_dim_uniform", "codebook_use_top", "codebook_use_bottom"},
+    "ss_vae_m2_mnist": {"test_accuracy", "valid_accuracy", "test_elbo"},
 }
 
 

@@ -16,7 +16,11 @@ import pytest
 import torch
 from PIL import Image
 
+from test_contracts import make_data, small_model
+
 from pyrovae import VAE, plots
+from pyrovae.cli import main
+from pyrovae.models import MODELS
 
 PAD = 2  # torchvision's save_image padding, as plots._save uses it
 
@@ -181,3 +185,89 @@ def test_plots_never_import_pyplot_nor_switch_backend(tmp_path):
     state = json.loads(proc.stdout.strip().splitlines()[-1])
     assert state == {"backend": "svg", "before": False, "after": False}
     assert len(list(tmp_path.glob("*.png"))) == 6
+
+
+#: the pictures every model is asked for, each drawn or refused with PlotNotApplicable
+PICTURES = {
+    "reconstructions": lambda vae, x, path: plots.reconstruction_grid(vae, x, path, num=8),
+    "samples": lambda vae, x, path: plots.samples_grid(vae, path, num=4),
+    "traversals": lambda vae, x, path: plots.traversal_grid(vae, x, path, num_seeds=1, num_values=3),
+}
+#: models that must get reconstructions and samples (a plain Gaussian latent, a mixture prior,
+#: two layers, a label beside z, discrete bits)
+DRAWN = {"vae", "gmm_vae", "hierarchical_vae", "ss_vae", "discrete_vae"}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_draws_each_picture_or_says_why(name, tmp_path):
+    torch.manual_seed(0)
+    vae = small_model(name, "binary_image").eval()
+    x = make_data("binary_image", 8)
+    drawn = set()
+    for picture, draw in PICTURES.items():
+        path = tmp_path / f"{picture}.png"
+        try:
+            draw(vae, x, path)
+        except plots.PlotNotApplicable as e:
+            assert type(vae).__name__ in str(e) and "\n" not in str(e)
+            assert not path.exists()  # refused before drawing anything
+        else:
+            assert path.stat().st_size > 0
+            drawn.add(picture)
+    if name in DRAWN:
+        assert {"reconstructions", "samples"} <= drawn
+    if name == "vae":
+        assert "traversals" in drawn
+
+
+def test_traversal_steps_in_prior_standard_deviations_of_a_mixture_prior(x, tmp_path, monkeypatch):
+    """A non-standard prior (the GMM's marginal): values are its mean plus multiples of its standard deviation,
+    and without a closed-form KL the rows keep their natural order."""
+    torch.manual_seed(0)
+    vae = MODELS["gmm_vae"](x_shape=(1, 8, 8), z_dim=3, hidden=(16,), num_components=3).eval()
+    with pytest.raises(plots.PlotNotApplicable, match="GMMVAE has no closed-form KL"):
+        plots.kl_per_dimension(vae, x)
+    seen = []
+    monkeypatch.setattr(plots, "_decode_mean", lambda model, z: (seen.append(z.clone()), torch.zeros(len(z), 64))[1])
+    plots.traversal_grid(vae, x, tmp_path / "t.png", num_seeds=1, num_values=3, limit=2.0)
+    prior = vae.prior()
+    z = seen[0].reshape(3, 3, 3)  # (row = dimension in natural order, column, z_dim)
+    for d in range(3):
+        torch.testing.assert_close(z[d, :, d], prior.mean[d] + torch.tensor([-2.0, 0.0, 2.0]) * prior.stddev[d])
+
+
+def test_kl_per_dimension_of_bernoulli_bits_is_the_closed_form(x):
+    """Each bit: KL(Bern(p) || Bern(1/2)) = p log 2p + (1 - p) log 2(1 - p), averaged over points (exact)."""
+    torch.manual_seed(0)
+    vae = MODELS["discrete_vae"](x_shape=(1, 8, 8), z_dim=5, hidden=(16,)).eval()
+    p = vae.posterior(x).base_dist.probs
+    expected = (p * torch.log(2 * p) + (1 - p) * torch.log(2 * (1 - p))).mean(0)
+    torch.testing.assert_close(plots.kl_per_dimension(vae, x, batch_size=7), expected)
+
+
+def _train(model: str, out: Path, *options: str) -> int:
+    return main(["train", "--model", model, "--dataset", "digits", "--epochs", "1", "--batch-size", "256",
+                 "-o", "z_dim=2", "-o", "hidden=[16]", *options, "--no-progress", "--no-jit", "--out", str(out)])
+
+
+def test_a_finished_run_of_a_model_without_some_pictures_skips_them_and_says_why(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train("gmm_vae", out, "-o", "num_components=3") == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["pictures"]) == {"reconstructions", "samples", "traversals", "history"}
+    for path in results["pictures"].values():
+        assert Path(path).stat().st_size > 0
+    assert set(results["skipped_pictures"]) == {"kl_per_dimension"}
+    assert "GMMVAE" in results["skipped_pictures"]["kl_per_dimension"]
+    assert results["kl_per_dimension"] is None
+    assert "skipped the kl_per_dimension picture: GMMVAE" in capsys.readouterr().out
+
+
+def test_a_run_lets_any_other_drawing_error_through(tmp_path, monkeypatch):
+    """Only PlotNotApplicable is skipped: a bug in a picture still fails the run."""
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug in the samples grid")
+
+    monkeypatch.setattr(plots, "samples_grid", broken)
+    with pytest.raises(RuntimeError, match="a bug in the samples grid"):
+        _train("vae", tmp_path / "run")

@@ -36,7 +36,12 @@ What "per point" needs
     :math:`p(x) = \prod_n p(x_n)` holds, so :math:`\log p(x_n)` exists, when
     **every sample site is inside the per-point plate**: a latent outside it (a
     global latent) couples all points, and a pair with one is refused, naming
-    the site, before any sample is drawn.  Each site's log-prob is summed over
+    the site, before any sample is drawn.  A model site marked
+    ``infer={"enumerate": "parallel"}`` that the guide leaves out (a mixture
+    component, as ``TraceEnum_ELBO`` sums it) is summed out exactly for each
+    point -- Pyro's plate-aware tensor contraction over the enumerated values,
+    inner plates included -- and only the guide's sites are importance-sampled;
+    a guide's discrete sites are proposals like any other.  Each site's log-prob is summed over
     every dimension except the particle and data dimensions (inner plates,
     event dimensions), so a point's weight is its own, not the batch's joint:
     ``pyro.infer.Importance`` and ``vectorized_importance_weights`` weight the
@@ -58,7 +63,12 @@ Memory and speed
     about :data:`ROWS_PER_CALL`: a bare decoder is fastest at 1-2 thousand
     rows on a 2-core CPU, but each call also pays Pyro's tracing, so 4096 rows
     were fastest overall, measured by ``benchmarks/log_likelihood.py``; on a
-    GPU, try larger chunks).
+    GPU, try larger chunks).  Fewer where one row's activations are large: the
+    default call carries at most :data:`pyrovae.metrics.call_size.CALL_BYTES`
+    of module outputs, measured on one point before the first batch (the
+    demo's conv decoder on 64x64 sprites gets about 80 rows per call, 1.5x
+    faster than 4096 rows, which spent 95% of their CPU time in the kernel;
+    ``benchmarks/likelihood_calls.py``).
     Each chunk's log-weights go into one float64 buffer on the CPU of
     ``num_samples * batch_size`` numbers (:math:`\hat k` needs all K of a
     point), reduced once per batch with log-sum-exp; the decoder's outputs
@@ -99,13 +109,20 @@ import contextlib
 import dataclasses
 import math
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pyro
 import torch
 from pyro import poutine
+from pyro.ops import packed
+from pyro.ops.contract import contract_to_tensor
+from pyro.ops.rings import LogRing
+from pyro.poutine.trace_struct import Trace
+from pyro.poutine.util import site_is_subsample
 
+from pyrovae.metrics.call_size import activation_bytes, rows_per_call
 from pyrovae.programs import (
     Data,
     PointLayout,
@@ -249,7 +266,8 @@ def log_likelihood(
     :param data_plate: the per-point plate's name, where several plates follow the batch.
     :returns: a :class:`LogLikelihoodResult`.
     :raises ValueError: for a pair with a site outside the per-point plate,
-        or a latent site that the guide does not propose.
+        or a latent site that the guide does not propose and the model does not
+        mark for enumeration (those it marks are summed out exactly).
 
     Example::
 
@@ -324,12 +342,22 @@ def _estimate(
             check_positive_int(name, value)
     if seed is not None:
         check_positive_int("seed", seed, minimum=0)
-    if batch_size is None:
-        batch_size = _DEFAULT_BATCH_SIZE if chunk_size is None else max(1, ROWS_PER_CALL // chunk_size)
     device = device_of(programs.owner, points.x)
     kwargs = programs.kwargs(1.0)  # the true model: β = 1, no training_kwargs
 
     num_points = len(points)
+    with _evaluating(programs.owner, device, seed):
+        with pyro.validation_enabled(True):  # Pyro's own checks and the program's structure, once
+            structure = inspect_pair(programs, points.index(slice(0, _DEFAULT_BATCH_SIZE)).to(device), kwargs,
+                                     data_plate=data_plate, what="log_likelihood")
+        _check_factorises(structure)
+        truth = true_model(programs, structure, "log_likelihood")
+        layout = _Layout(structure.max_plate_nesting, structure.data_plate, bool(structure.enumerated))
+        call_rows = ROWS_PER_CALL
+        if batch_size is None or chunk_size is None:  # sized by the largest activation of one row
+            call_rows = _rows_per_call(layout, truth, points, kwargs, device)
+    if batch_size is None:
+        batch_size = min(_DEFAULT_BATCH_SIZE, call_rows) if chunk_size is None else max(1, call_rows // chunk_size)
     batch_size = min(batch_size, num_points)
     # Allocated once, before any batch: the per-point results, and one buffer for K log-weights
     # of each point of a batch.  A new K x batch buffer per batch (5 MB at K = 5000) left the
@@ -340,18 +368,12 @@ def _estimate(
                     for k in bounds}
     buffer = _log_weight_buffer(num_samples, batch_size)
     with _evaluating(programs.owner, device, seed):
-        with pyro.validation_enabled(True):  # Pyro's own checks and the program's structure, once
-            structure = inspect_pair(programs, points.index(slice(0, batch_size)).to(device), kwargs,
-                                     data_plate=data_plate, what="log_likelihood")
-        _check_factorises(structure)
-        truth = true_model(programs, structure, "log_likelihood")
-        layout = _Layout(structure.max_plate_nesting, structure.data_plate)
         for start in range(0, num_points, batch_size):
             batch = points.index(slice(start, start + batch_size)).to(device)
             rows = slice(start, start + len(batch))
             # a contiguous (K, B) view of the buffer's first K * B numbers: no copy, for the last batch too
             log_w = buffer[: num_samples * len(batch)].view(num_samples, len(batch))
-            chunk = min(num_samples, chunk_size or max(1, ROWS_PER_CALL // len(batch)))
+            chunk = min(num_samples, chunk_size or max(1, call_rows // len(batch)))
             with pyro.validation_enabled(False):
                 eps = _fill_log_weights(log_w, layout, truth, batch, kwargs, chunk)
             _reduce_batch(log_w, eps, rows, out, bound_values, with_khat)
@@ -362,6 +384,21 @@ def _estimate(
         for k, (value, stderr) in bound_values.items()
     }
     return out
+
+
+def _rows_per_call(layout: _Layout, programs: Programs, points: Data, kwargs: dict[str, Any],
+                   device: torch.device) -> int:
+    """Decoder rows per call: :data:`ROWS_PER_CALL` at most, fewer where one row's activations are big (a
+    conv decoder), so a call's temporaries stay within what the allocator keeps between calls
+    (:mod:`pyrovae.metrics.call_size`).  Measured with one sample of the points the structure was
+    inspected on (a program may hold per-point parameters for exactly its batch), divided by their
+    number, under its own random state (the estimate's draws do not move)."""
+    first = points.index(slice(0, _DEFAULT_BATCH_SIZE)).to(device)
+    count = len(first)
+    point_bytes = sum(t.numel() * t.element_size() for t in first.tensors())
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), pyro.validation_enabled(False):
+        total = activation_bytes(programs.owner, lambda: layout.log_weights(programs, first, 1, kwargs), point_bytes)
+    return rows_per_call(-(-total // count), ROWS_PER_CALL)
 
 
 def _log_weight_buffer(num_samples: int, batch_size: int) -> torch.Tensor:
@@ -436,11 +473,6 @@ def _check_factorises(structure: Structure) -> None:
             f"{what}: the model's observed site {structure.outside_observed[0]!r} lies outside the per-point plate "
             f"{structure.data_plate!r}, so its term belongs to no single point"
         )
-    if structure.enumerated:
-        raise ProgramError(
-            f"{what}: the model's site {structure.enumerated[0]!r} is marked for enumeration and has no guide site; "
-            "summing it out exactly is not supported yet: propose it in the guide"
-        )
     unproposed = sorted(set(structure.local_latents) - set(structure.guide_latents))
     if unproposed:
         raise ProgramError(f"The model's latent sites {unproposed} have no site in the guide to propose them")
@@ -455,19 +487,53 @@ class _Layout:
 
     max_plate_nesting: int
     data_plate: str
+    #: the model has sites marked ``infer={"enumerate": "parallel"}`` that the guide leaves out
+    enumerated: bool = False
 
     def log_weights(self, programs: Programs, xb: Data, num: int, kwargs: dict[str, Any]) -> torch.Tensor:
         """``(num, B)``: :math:`\\log p(x_n, z_{nk}) - \\log q(z_{nk} \\mid x_n)` from one vectorized pass.
 
         As ``pyro.infer.Importance`` does, but under a particle plate: the guide
         traced, the model replayed against it, each site scored (masked, never scaled)
-        per point by :class:`pyrovae.programs.PointLayout`.
+        per point by :class:`pyrovae.programs.PointLayout`.  The model's enumerated
+        sites are summed out exactly (:meth:`_enumerated_log_density`), so the
+        weight is :math:`\\log \\sum_y p(x_n, y, z_{nk}) - \\log q(z_{nk} \\mid x_n)`.
         """
         guide_trace = poutine.trace(self._vectorize(programs.guide, num)).get_trace(*xb.args, **xb.kwargs, **kwargs)
-        model = poutine.replay(self._vectorize(programs.model, num), trace=guide_trace)
+        model = self._vectorize(programs.model, num)
+        if self.enumerated:  # enumeration dims left of the particle plate, as TraceEnum_ELBO places them;
+            # inside the replay, so that enum also sees the replayed sites and records their enumerated inputs
+            model = poutine.enum(model, first_available_dim=-(self.max_plate_nesting + 2))
+        model = poutine.replay(model, trace=guide_trace)
         model_trace = poutine.trace(model).get_trace(*xb.args, **xb.kwargs, **kwargs)
         points = PointLayout.of(model_trace, guide_trace, self.data_plate, _PARTICLES)
-        return points.log_density(model_trace, scaled=False) - points.log_density(guide_trace, scaled=False)
+        log_p = (self._enumerated_log_density(model_trace, points) if self.enumerated
+                 else points.log_density(model_trace, scaled=False))
+        return log_p - points.log_density(guide_trace, scaled=False)
+
+    def _enumerated_log_density(self, model_trace: Trace, points: PointLayout) -> torch.Tensor:
+        """Per-point :math:`\\log \\sum_y p(x_n, y, z_{nk})`, ``(K, B)``: every site's log-prob (masked,
+        unscaled: the programs are :func:`~pyrovae.programs.true_model`'s) contracted by Pyro's
+        plate-aware tensor message passing (:func:`pyro.ops.contract.contract_to_tensor`, as
+        ``TraceEnum_ELBO`` uses it): log-sum-exp over the enumeration dimensions, a sum over every
+        plate but the particle and data plates, which stay."""
+        # every site is inside the data plate here (PointLayout.of refused any other), so the sums stay per point
+        model_trace.compute_log_prob()
+        model_trace.pack_tensors()
+        tree: OrderedDict[frozenset, list[torch.Tensor]] = OrderedDict()
+        sum_dims: set[str] = set()
+        for site in model_trace.nodes.values():
+            if site["type"] != "sample" or site_is_subsample(site):
+                continue
+            ordinal = frozenset(model_trace.plate_to_symbol[f.name] for f in site["cond_indep_stack"] if f.vectorized)
+            tree.setdefault(ordinal, []).append(site["packed"]["log_prob"])
+            if site["infer"].get("_enumerate_dim") is not None:
+                sum_dims.add(site["infer"]["_enumerate_symbol"])
+        keep = frozenset(model_trace.plate_to_symbol[name] for name in (_PARTICLES, self.data_plate))
+        # a kept plate no term varies along (the particles, when no log-prob depends on them) is
+        # broadcast at size 1; per_point expands it
+        total = contract_to_tensor(tree, sum_dims, target_ordinal=keep, ring=LogRing(dim_to_size=dict.fromkeys(keep, 1)))
+        return points.per_point(packed.unpack(total, model_trace.symbol_to_dim))
 
     def _vectorize(self, fn: Callable, num: int) -> Callable:
         def vectorized(*args: Any, **kwargs: Any) -> Any:

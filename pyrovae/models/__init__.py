@@ -10,10 +10,17 @@ from pyrovae.models.beta_tcvae import BetaTCVAE
 from pyrovae.models.beta_vae import BetaVAE
 from pyrovae.models.capacity_vae import CapacityVAE
 from pyrovae.models.dip_vae import DIPVAE
+from pyrovae.models.discrete_vae import DiscreteVAE
 from pyrovae.models.factor_vae import FactorVAE
+from pyrovae.models.pixel_vae import PixelVAE
+from pyrovae.models.gmm_vae import GMMVAE
+from pyrovae.models.hierarchical_vae import HierarchicalVAE
+from pyrovae.models.ss_vae import SSVAE
 from pyrovae.models.vae import VAE
+from pyrovae.models.vq_vae import VQVAE
+from pyrovae.models.vq_vae2 import VQVAE2
 
-__all__ = ["MODELS", "VAE", "BetaVAE", "BetaTCVAE", "CapacityVAE", "DIPVAE", "FactorVAE", "make_model"]
+__all__ = ["MODELS", "VAE", "BetaVAE", "BetaTCVAE", "CapacityVAE", "DIPVAE", "DiscreteVAE", "FactorVAE", "PixelVAE", "GMMVAE", "VQVAE", "VQVAE2", "HierarchicalVAE", "SSVAE", "make_model"]
 
 MODELS: dict[str, type[VAE]] = {
     "vae": VAE,
@@ -22,6 +29,13 @@ MODELS: dict[str, type[VAE]] = {
     "factor_vae": FactorVAE,
     "beta_tcvae": BetaTCVAE,
     "dip_vae": DIPVAE,
+    "pixel_vae": PixelVAE,
+    "gmm_vae": GMMVAE,
+    "discrete_vae": DiscreteVAE,
+    "vq_vae": VQVAE,
+    "vq_vae2": VQVAE2,
+    "hierarchical_vae": HierarchicalVAE,
+    "ss_vae": SSVAE,
 }
 
 

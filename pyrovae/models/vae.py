@@ -99,6 +99,10 @@ class VAE(nn.Module):
 
     #: capability flags read by trainers, objectives and tests (never the class name)
     has_discrete_latents: ClassVar[bool] = False
+    #: the model sums a latent site out by enumeration, and the guide leaves it out (``objective="enum"``)
+    has_enumerated_latents: ClassVar[bool] = False
+    #: the objective ``fit`` trains with when none is given (a name in ``OBJECTIVES``)
+    default_objective: ClassVar[str] = "elbo"
     reparameterized: ClassVar[bool] = True
     #: the KL weight ``fit`` trains with when none is given
     default_kl_weight: ClassVar[float] = 1.0

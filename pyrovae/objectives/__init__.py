@@ -30,6 +30,15 @@ name           estimator
 ``dreg``       :class:`~pyrovae.objectives.dreg.DReG`: IWAE with doubly
                reparameterized guide gradients (Tucker et al. 2018,
                arXiv:1810.04152).
+``enum``       :class:`~pyro.infer.TraceEnum_ELBO`: the ELBO with every site
+               marked ``infer={"enumerate": "parallel"}`` summed out exactly --
+               in the guide (an exact expectation over a small discrete latent:
+               zero-variance gradients) or in the model (a discrete latent the
+               guide leaves out, e.g. a mixture component).  ``max_plate_nesting``
+               is read from the program by ``fit``/``compare_estimators``.
+``free_bits``  :class:`~pyrovae.objectives.free_bits.FreeBitsELBO`: the ELBO
+               with each latent dimension's minibatch KL floored at λ nats
+               (Kingma et al. 2016, arXiv:1606.04934), against posterior collapse.
 =============  ==================================================================
 
 The importance-weighted estimators (``iwae``, ``renyi``, ``rws``, ``stl``,
@@ -51,10 +60,11 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 
 from pyrovae.objectives.compiled import Compiled
 from pyrovae.objectives.dreg import DReG
+from pyrovae.objectives.free_bits import FreeBitsELBO
 from pyrovae.objectives.graph import GraphELBO
 from pyrovae.objectives.importance import ImportanceELBO
 from pyrovae.objectives.renyi import RenyiBound
@@ -65,6 +75,7 @@ __all__ = [
     "OBJECTIVES",
     "Compiled",
     "DReG",
+    "FreeBitsELBO",
     "GraphELBO",
     "ImportanceELBO",
     "RenyiBound",
@@ -135,6 +146,18 @@ def dreg(*, num_particles: int = 5) -> ELBO:
     return DReG(num_particles)
 
 
+def enum(*, num_particles: int = 1, vectorize_particles: bool = True) -> ELBO:
+    """TraceEnum_ELBO: enumerated sites summed out exactly, the others sampled (Monte Carlo)."""
+    _check_particles(num_particles)
+    return TraceEnum_ELBO(num_particles=num_particles, vectorize_particles=vectorize_particles and num_particles > 1)
+
+
+def free_bits(*, free_bits: float = 0.5, num_particles: int = 1) -> ELBO:
+    """The ELBO with a floor of ``free_bits`` nats on each latent dimension's KL (Kingma et al. 2016)."""
+    _check_particles(num_particles)
+    return FreeBitsELBO(free_bits, num_particles=num_particles)
+
+
 #: name -> factory(**options) -> pyro.infer.ELBO
 OBJECTIVES: dict[str, Callable[..., ELBO]] = {
     "elbo": elbo,
@@ -145,6 +168,8 @@ OBJECTIVES: dict[str, Callable[..., ELBO]] = {
     "rws": rws,
     "stl": stl,
     "dreg": dreg,
+    "enum": enum,
+    "free_bits": free_bits,
 }
 
 

@@ -1,0 +1,229 @@
+"""Discrete-latent VAE: Bernoulli or categorical latents, trained by enumeration, score function or relaxation."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import pyro
+import pyro.distributions as dist
+import torch
+
+from pyrovae.handlers import kl_scale
+from pyrovae.models.vae import VAE
+from pyrovae.nets import make_decoder, make_encoder
+from pyrovae.schedules import Schedule, make_schedule
+
+__all__ = ["LATENTS", "MAX_ENUMERATE", "DiscreteVAE", "JointlyEnumerable"]
+
+#: the latent families: name -> (distribution over one latent variable, its relaxation, straight-through relaxation)
+LATENTS: dict[str, tuple[type, type, type]] = {
+    "bernoulli": (dist.Bernoulli, dist.RelaxedBernoulli, dist.RelaxedBernoulliStraightThrough),
+    "categorical": (dist.OneHotCategorical, dist.RelaxedOneHotCategorical, dist.RelaxedOneHotCategoricalStraightThrough),
+}
+#: the most joint values :meth:`JointlyEnumerable.enumerate_support` lists (beyond it: sample instead)
+MAX_ENUMERATE = 2**16
+
+
+class JointlyEnumerable(dist.Independent):
+    """Independent discrete variables whose ``enumerate_support`` lists every *joint* value.
+
+    ``Independent`` has no enumerable support in Pyro (the joint support of d
+    variables has :math:`s^d` values); for a small event space this class lists
+    them all, so ``TraceEnum_ELBO`` can take the guide's expectation over the
+    whole latent vector exactly.  Built as ``JointlyEnumerable(base, 1)`` from a
+    ``Bernoulli`` (values {0, 1}) or ``OneHotCategorical`` base.
+    """
+
+    @property
+    def has_enumerate_support(self) -> bool:
+        return True
+
+    def enumerate_support(self, expand: bool = True) -> torch.Tensor:
+        base = self.base_dist
+        elements = self.event_shape[: len(self.event_shape) - len(base.event_shape)]
+        num_elements = math.prod(elements)
+        values = base.enumerate_support(expand=False).reshape(-1, *base.event_shape)  # (s, *base event)
+        total = values.shape[0] ** num_elements
+        if total > MAX_ENUMERATE:
+            raise ValueError(
+                f"Exact enumeration of {num_elements} latent variables with {values.shape[0]} values each lists "
+                f"{values.shape[0]}^{num_elements} joint values (more than {MAX_ENUMERATE}): enumerate only small "
+                "latent spaces; use objective='graph' (score function) or relaxed=True (Gumbel-softmax) instead"
+            )
+        index = torch.tensor(list(itertools.product(range(values.shape[0]), repeat=num_elements)),
+                             dtype=torch.long, device=values.device).reshape(total, num_elements)
+        joint = values[index].reshape((total,) + (1,) * len(self.batch_shape) + self.event_shape)
+        return joint.expand((total,) + self.batch_shape + self.event_shape) if expand else joint
+
+
+class DiscreteVAE(VAE):
+    r"""VAE with discrete latents: d Bernoulli bits or d categorical variables of K classes (Jang et al. 2017).
+
+    Generative story, for each data point :math:`n` in the ``"data"`` plate
+    (``latent="bernoulli"``: :math:`z_n \in \{0, 1\}^d`; ``latent="categorical"``:
+    :math:`z_n` is d one-hot vectors of K classes, ``(d, K)``):
+
+    .. math::
+
+        z_{n} \sim \prod_{i=1}^{d} \mathrm{Bernoulli}(\tfrac12)
+            \ \text{or}\ \prod_{i=1}^{d} \mathrm{Cat}(\tfrac1K), \qquad
+        x_n \mid z_n \sim p_\theta(x \mid z_n),
+
+    with guide :math:`q_\phi(z_n \mid x_n) = \prod_i \mathrm{Bernoulli}(\sigma(\ell_{\phi,i}(x_n)))`
+    (or categorical with logits :math:`\ell_{\phi}(x_n)`).  The objective is the
+    β-weighted ELBO :math:`\mathbb E_q[\log p_\theta(x_n \mid z_n)] - \beta\,\mathrm{KL}(q_\phi \,\|\, p)`,
+    its gradient estimated three ways:
+
+    * **exact enumeration** -- ``objective="enum"``: the guide's site is marked
+      ``infer={"enumerate": "parallel"}`` and :class:`JointlyEnumerable` lists
+      every joint value, so ``TraceEnum_ELBO`` sums over all :math:`s^d` of them
+      (exact gradient, zero variance; small latent spaces only, at most
+      :data:`MAX_ENUMERATE` values);
+    * **score function** -- ``objective="graph"`` (baselines), ``"elbo"``,
+      ``"rws"``, ``"iwae"``: the latent is sampled, gradients by likelihood ratio;
+    * **relaxed latents** -- ``relaxed=True``: in training (``fit`` passes
+      ``temperature`` from :meth:`training_kwargs`) both ``"z"`` sites become
+      Concrete / Gumbel-softmax distributions at temperature :math:`\tau`, whose
+      reparameterized draws give pathwise gradients of the relaxed ELBO (Maddison
+      et al.: the densities of both sites are relaxed, a valid ELBO of the
+      relaxed model); ``straight_through=True`` feeds the decoder the rounded
+      (one-hot) sample with the relaxed sample's gradient.  Biased for the
+      discrete ELBO, with a bias that vanishes as :math:`\tau \to 0` and a
+      variance that grows.
+
+    Called without ``temperature`` (every evaluation: ``log_likelihood``,
+    ``evaluate_elbo``, plots) model and guide are the discrete ones, whatever
+    ``relaxed`` says: the temperature never reaches an evaluation.
+
+    :param x_shape: shape of one data point.
+    :param z_dim: d, the number of latent variables (default 200 Bernoulli bits,
+        or 20 categorical variables).
+    :param latent: ``"bernoulli"`` or ``"categorical"``.
+    :param num_categories: K, classes of each categorical variable (default 10).
+    :param relaxed: train the relaxed model (``fit`` supplies the temperature).
+    :param temperature: :math:`\tau > 0` for relaxed training: a number, a
+        :class:`~pyrovae.schedules.Schedule` (annealing, e.g. ``Linear(1.0, 0.5, 50_000)``)
+        or its ``to_dict()``.
+    :param straight_through: feed the decoder the rounded relaxed sample.
+    :param kwargs: as :class:`~pyrovae.models.vae.VAE` (``hidden`` default ``(512, 256)``).
+
+    Example::
+
+        vae = DiscreteVAE(x_shape=(784,), latent="categorical", z_dim=20, num_categories=10,
+                          relaxed=True, temperature=pyrovae.Linear(start=1.0, end=0.5, num_steps=50_000))
+        pyrovae.fit(vae, x_train, epochs=100)             # Gumbel-softmax, annealed
+        pyrovae.log_likelihood(vae, x_test)               # the discrete model
+
+    References:
+      1. E. Jang, S. Gu, B. Poole. Categorical Reparameterization with Gumbel-Softmax. arXiv:1611.01144.
+      2. C. J. Maddison, A. Mnih, Y. W. Teh. The Concrete Distribution: A Continuous Relaxation of
+         Discrete Random Variables. arXiv:1611.00712.
+      3. A. Mnih, K. Gregor. Neural Variational Inference and Learning in Belief Networks. arXiv:1402.0030.
+      4. F. Obermeyer, E. Bingham, M. Jankowiak, J. Chiu, N. Pradhan, A. Rush, N. Goodman.
+         Tensor Variable Elimination for Plated Factor Graphs. arXiv:1902.03210.
+    """
+
+    has_discrete_latents: ClassVar[bool] = True
+    reparameterized: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        x_shape: int | tuple[int, ...] = (784,),
+        z_dim: int | None = None,
+        *,
+        latent: str = "bernoulli",
+        num_categories: int = 10,
+        relaxed: bool = False,
+        temperature: float | Schedule | Mapping[str, Any] = 1.0,
+        straight_through: bool = False,
+        hidden: tuple[int, ...] = (512, 256),
+        **kwargs: Any,
+    ) -> None:
+        if latent not in LATENTS:
+            raise ValueError(f"Expected latent in {sorted(LATENTS)}, got {latent!r}")
+        if not isinstance(num_categories, int) or isinstance(num_categories, bool) or num_categories < 2:
+            raise ValueError(f"Expected num_categories to be an int >= 2, got {num_categories!r}")
+        for name, value in (("relaxed", relaxed), ("straight_through", straight_through)):
+            if not isinstance(value, bool):
+                raise TypeError(f"Expected {name} to be a bool, got {value!r}")
+        schedule = make_schedule(temperature, name="temperature")
+        if not all(schedule(step) > 0 for step in (0, 10**12)):
+            raise ValueError(f"Expected temperature > 0 at every step, got {temperature!r}")
+        if z_dim is None:
+            z_dim = 200 if latent == "bernoulli" else 20
+        super().__init__(x_shape, z_dim, hidden=hidden, **kwargs)
+        self.latent = latent
+        self.num_categories = num_categories
+        self.relaxed = relaxed
+        self.straight_through = straight_through
+        #: :math:`\tau` as a function of the training step
+        self.temperature_schedule = schedule
+        # the latent's shape replaces the base's Gaussian heads: logits per variable (and class)
+        self.z_shape = (z_dim,) if latent == "bernoulli" else (z_dim, num_categories)
+        net = {k: self.config[k] for k in ("hidden", "channels", "activation")}
+        self.encoder = make_encoder(self.config["arch"], self.x_shape, {"logits": self.z_shape}, **net)
+        self.decoder = make_decoder(self.config["arch"], math.prod(self.z_shape), self.x_shape,
+                                    self.observation.heads, **net)
+        del self.prior_loc, self.prior_scale
+        self.register_buffer("prior_logits", torch.zeros(self.z_shape))  # uniform, as in Jang et al.
+        self.config.update(latent=latent, num_categories=num_categories, relaxed=relaxed,
+                           temperature=schedule.to_dict(), straight_through=straight_through)
+
+    # ----------------------------------------------------------------- hooks
+    def _latent(self, logits: torch.Tensor, temperature: Any) -> dist.TorchDistribution:
+        """The discrete distribution with these logits, or its relaxation at ``temperature``."""
+        discrete, soft, hard = LATENTS[self.latent]
+        if temperature is None:
+            return JointlyEnumerable(discrete(logits=logits), 1)
+        tau = torch.as_tensor(temperature, dtype=logits.dtype, device=logits.device)
+        return (hard if self.straight_through else soft)(tau, logits=logits).to_event(1)
+
+    def prior(self, temperature: float | torch.Tensor | None = None) -> dist.TorchDistribution:
+        """p(z): independent uniform Bernoulli bits or categoricals (relaxed at ``temperature`` if given)."""
+        return self._latent(self.prior_logits, temperature)
+
+    def posterior(self, x: torch.Tensor, temperature: float | torch.Tensor | None = None) -> dist.TorchDistribution:
+        """q(z | x): independent Bernoulli or categorical with encoder logits (relaxed at ``temperature``)."""
+        return self._latent(self.encoder(x)["logits"], temperature)
+
+    def likelihood(self, z: torch.Tensor) -> dist.TorchDistribution:
+        """p(x | z): the decoder reads the latent flattened (d bits, or d one-hot vectors of K)."""
+        if self.latent == "categorical":
+            z = z.reshape(*z.shape[:-2], -1)
+        return self.observation(self.decoder(z))
+
+    def training_kwargs(self, step: int) -> dict[str, Any]:
+        """The temperature :math:`\\tau_t` at training step ``step`` when ``relaxed`` (``fit`` passes it on)."""
+        return {"temperature": self.temperature_schedule(step)} if self.relaxed else {}
+
+    # -------------------------------------------------------- Pyro programs
+    def model(self, x: torch.Tensor, *, kl_weight: float = 1.0, temperature: float | None = None) -> torch.Tensor:
+        """p(x, z); relaxed at ``temperature`` (training only), discrete without it."""
+        self._register("model")
+        with pyro.plate("data", x.shape[0]):
+            with kl_scale(kl_weight):
+                z = pyro.sample("z", self.prior(temperature))
+            return pyro.sample("x", self.likelihood(z), obs=x)
+
+    def guide(self, x: torch.Tensor, *, kl_weight: float = 1.0, temperature: float | None = None) -> torch.Tensor:
+        """q(z | x); the discrete site is marked for parallel enumeration (used by ``objective="enum"`` only)."""
+        self._register("guide")
+        infer = {"enumerate": "parallel"} if temperature is None else {}
+        with pyro.plate("data", x.shape[0]):
+            with kl_scale(kl_weight):
+                return pyro.sample("z", self.posterior(x, temperature), infer=infer)
+
+    # ------------------------------------------------------------ utilities
+    # through likelihood(z), which flattens a categorical latent (the base's call the decoder directly)
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean of p(x | z) at the posterior mean of z (the probabilities of each bit or class)."""
+        return self.likelihood(self.posterior(x).mean).mean
+
+    @torch.no_grad()
+    def sample(self, num_samples: int) -> torch.Tensor:
+        """Means of p(x | z) for ``num_samples`` draws of z from the (discrete) prior."""
+        return self.likelihood(self.prior().sample((num_samples,))).mean

@@ -1,0 +1,62 @@
+"""The reproduction benchmarks run end to end at a tiny budget (CI), on built-in data."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def load_benchmark(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_schedule_is_the_papers_at_its_budget_and_starts_at_the_top_when_scaled_down():
+    schedule = load_benchmark("mnist_nll").schedule
+    full = schedule(3280)
+    assert [n for n, _ in full] == [3**i for i in range(8)]
+    assert [lr for _, lr in full] == pytest.approx([1e-3 * 10 ** (-i / 7) for i in range(8)])
+    assert schedule(1) == [(1, 1e-3)]
+    assert schedule(3) == [(1, full[0][1]), (1, full[1][1]), (1, full[2][1])]
+    assert sum(n for n, _ in schedule(100)) <= 100
+
+
+def test_mnist_nll_smoke_writes_the_table_and_resumes_from_its_run_folders(tmp_path):
+    bench = load_benchmark("mnist_nll")
+    # two layers only (the one-layer model is the plain VAE): VAE k = 1, 5 and IWAE k = 5
+    argv = ["--smoke", "--binarization", "dynamic", "--layers", "2", "--k", "1", "5",
+            "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "mnist_nll.md")]
+    rows = bench.main(argv)
+    # VAE k = 1 fills the IWAE k = 1 row too (the same objective), so it is not trained twice
+    assert set(rows) == {("dynamic", 2, objective, k) for objective, k in (("vae", 1), ("vae", 5), ("iwae", 5))}
+    for run in rows.values():
+        # a Bernoulli model's NLL on 64 binary pixels lies in (0, 64 log 2]-ish at one pass
+        assert 0 < run["nll"] < 64 * math.log(2) + 10 and run["nll_se"] > 0
+        assert run["passes_used"] == 1
+    assert "+" in rows[("dynamic", 2, "vae", 1)]["active_units"]  # per layer for two layers
+    text = (tmp_path / "mnist_nll.md").read_text()
+    assert text.count("| dynamic |") == 4 and "Orderings at this budget" in text and "machine:" in text
+    # --resume reuses each run folder's stored evaluation instead of training again
+    again = bench.main(argv + ["--resume"])
+    assert again == rows
+
+
+@pytest.mark.slow  # reads and checks the 70,000 MNIST images: ~10 s alone, more on a loaded machine
+@pytest.mark.skipif(not (DATA / "MNIST" / "raw").exists(), reason="no ../shared/data/MNIST/raw")
+def test_mnist_dynamic_view_trains_on_60000_images_redrawn_every_epoch():
+    bench = load_benchmark("mnist_nll")
+    args = bench.main.__globals__["argparse"].Namespace(data="mnist", data_root=str(DATA), seed=0)
+    train, test = bench.load_data(args, "dynamic")
+    assert train.x.shape == (60_000, 784) and test.shape == (10_000, 784)
+    assert not torch.equal(train.epoch_view(0), train.epoch_view(1))
+    assert set(torch.unique(train.epoch_view(1)).tolist()) == {0.0, 1.0}

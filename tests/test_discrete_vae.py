@@ -1,0 +1,175 @@
+"""The discrete-latent VAE's three estimators: exact enumeration, score function, relaxed latents.
+
+Enumeration gives the exact ELBO gradient; the others are checked against it on a model small enough to
+enumerate (3 bits, or 2 categoricals of 3 classes).  Each Monte Carlo gradient is the mean of R group means
+(each group a vectorized batch of particles); its per-coordinate standard error is the spread of the group
+means / sqrt(R).  An unbiased estimator's z-scores (mean - exact) / SE are then about N(0, 1) over the P
+coordinates: we require mean z^2 < 2 (its expectation is 1; sd about sqrt(2/P) = 0.2 for P ~ 50) and
+max |z| < 5 (probability of a larger one under N(0, 1) for ~50 coordinates: about 3e-5).  Seeds are fixed.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+
+import pyro
+import pytest
+import torch
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO
+
+import pyrovae
+from pyrovae.models import DiscreteVAE
+from pyrovae.models.discrete_vae import MAX_ENUMERATE, JointlyEnumerable
+from pyrovae.objectives import GraphELBO
+
+LATENTS = {"bernoulli": {"latent": "bernoulli", "z_dim": 3}, "categorical": {"latent": "categorical", "z_dim": 2,
+                                                                           "num_categories": 3}}
+
+
+def tiny(latent: str, **options) -> tuple[DiscreteVAE, torch.Tensor]:
+    torch.manual_seed(0)
+    vae = DiscreteVAE(x_shape=(6,), hidden=(8,), **LATENTS[latent], **options).double()
+    g = torch.Generator().manual_seed(1)
+    x = torch.bernoulli(torch.full((4, 6), 0.4, dtype=torch.float64), generator=g)
+    return vae, x
+
+
+def gradient(elbo, model, guide, x, params) -> torch.Tensor:
+    for p in params:
+        p.grad = None
+    elbo.loss_and_grads(model, guide, x)
+    return torch.cat([p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), dtype=p.dtype)
+                      for p in params])
+
+
+def draws(elbo, model, guide, x, params, repeats: int) -> torch.Tensor:
+    pyro.set_rng_seed(2)
+    with pyro.validation_enabled(False):
+        return torch.stack([gradient(elbo, model, guide, x, params) for _ in range(repeats)])
+
+
+def z_scores(samples: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
+    """Per coordinate; a coordinate that never varies (a dead ReLU's weights) must equal the exact one."""
+    se = samples.std(0) / math.sqrt(samples.shape[0])
+    constant = se == 0
+    torch.testing.assert_close(samples[0, constant], exact[constant], rtol=0, atol=1e-12)
+    return ((samples.mean(0) - exact) / se)[~constant]
+
+
+def assert_unbiased(samples: torch.Tensor, exact: torch.Tensor) -> None:
+    z = z_scores(samples, exact)
+    assert float(z.pow(2).mean()) < 2.0 and float(z.abs().max()) < 5.0, z
+
+
+def exact_gradient(vae, x, params) -> torch.Tensor:
+    return gradient(TraceEnum_ELBO(max_plate_nesting=1), vae.model, vae.guide, x, params)
+
+
+@pytest.mark.parametrize("latent", sorted(LATENTS))
+def test_enumerated_elbo_equals_the_brute_force_sum_over_every_latent_value(latent):
+    vae, x = tiny(latent)
+    with torch.no_grad():
+        q = vae.posterior(x)
+        values = q.enumerate_support(expand=False)  # every joint value, (S, 1, *z_shape)
+        prior = vae.prior()
+        brute = (q.log_prob(values).exp() * (prior.log_prob(values) + vae.likelihood(values).log_prob(x)
+                                              - q.log_prob(values))).sum()
+    assert values.shape[0] == (8 if latent == "bernoulli" else 9)
+    assert len({tuple(v.reshape(-1).tolist()) for v in values}) == values.shape[0]  # all distinct
+    torch.testing.assert_close(q.log_prob(values).exp().sum(0), torch.ones(4, dtype=torch.float64))
+    assert -TraceEnum_ELBO(max_plate_nesting=1).loss(vae.model, vae.guide, x) == pytest.approx(float(brute), rel=1e-12)
+
+
+@pytest.mark.parametrize("latent", sorted(LATENTS))
+def test_log_likelihood_of_the_discrete_model_equals_the_brute_force_sum(latent):
+    # log p(x) = log sum_z p(z) p(x | z) over every joint value; the guide is a discrete proposal
+    vae, x = tiny(latent, relaxed=True, straight_through=True)  # relaxed training never reaches evaluation
+    with torch.no_grad():
+        values = vae.prior().enumerate_support(expand=False).unsqueeze(1)  # (S, 1, *z_shape): against every point
+        exact = torch.logsumexp(vae.prior().log_prob(values) + vae.likelihood(values).log_prob(x), 0)
+    result = pyrovae.log_likelihood(vae, x, num_samples=4000, seed=3)
+    z = (result.log_px - exact) / result.stderr
+    assert torch.all(z.abs() < 4), z
+
+
+@pytest.mark.parametrize("latent", sorted(LATENTS))
+def test_score_function_gradients_agree_with_the_exact_enumerated_gradient(latent):
+    vae, x = tiny(latent)
+    params = list(vae.parameters())
+    exact = exact_gradient(vae, x, params)
+    for elbo in (GraphELBO(50, max_plate_nesting=2), Trace_ELBO(num_particles=50, vectorize_particles=True,
+                                                                 max_plate_nesting=2)):
+        assert_unbiased(draws(elbo, vae.model, vae.guide, x, params, 300), exact)
+
+
+@pytest.mark.parametrize("latent", sorted(LATENTS))
+def test_straight_through_decoder_gradients_are_unbiased_and_relaxed_ones_lose_their_bias_as_tau_falls(latent):
+    # the straight-through forward pass is an exact draw of the discrete z (rounding a Binary Concrete
+    # sample, or the argmax of a Gumbel-softmax one), so the decoder's gradient is unbiased at any tau;
+    # the relaxed decoder sees soft values, a bias that vanishes as tau -> 0 (the encoder's is biased either way)
+    vae, x = tiny(latent)
+    params = list(vae.parameters())
+    decoder = torch.cat([torch.full((p.numel(),), name.startswith(("decoder", "observation")))
+                         for name, p in vae.named_parameters()])
+    exact = exact_gradient(vae, x, params)[decoder]
+    elbo = Trace_ELBO(num_particles=50, vectorize_particles=True, max_plate_nesting=2)
+
+    def relaxed(tau: float, straight_through: bool) -> torch.Tensor:
+        vae.straight_through = straight_through
+        model, guide = (functools.partial(f, temperature=tau) for f in (vae.model, vae.guide))
+        return draws(elbo, model, guide, x, params, 200)[:, decoder]
+
+    assert_unbiased(relaxed(1.0, True), exact)
+    bias = {tau: float((relaxed(tau, False).mean(0) - exact).norm()) for tau in (2.0, 0.2)}
+    assert bias[0.2] < 0.5 * bias[2.0], bias
+
+
+def test_compare_estimators_sets_the_three_estimators_side_by_side():
+    vae, x = tiny("bernoulli")
+    discrete = pyrovae.compare_estimators(vae, x, ["enum", "graph", "elbo"], num_repeats=5, batch_size=4,
+                                          verbose=False)
+    relaxed = pyrovae.compare_estimators(vae, x, ["elbo"], num_repeats=5, batch_size=4, verbose=False,
+                                         program_kwargs={"temperature": 0.5})
+    table = discrete + relaxed
+    assert [r.objective for r in table.rows] == ["enum", "graph", "elbo", "elbo [temperature=0.5]"]
+    assert all(r.not_applicable is None for r in table.rows)
+    # enumeration is exact: the same gradient every draw (variance 0 up to rounding), the others vary
+    assert table["enum"].encoder_variance < 1e-20 and table["enum"].decoder_variance < 1e-20
+    for row in table.rows[1:]:
+        assert row.encoder_variance > 1e-8 and row.decoder_variance > 1e-8
+    assert "elbo [temperature=0.5]" in str(table)
+
+
+def test_joint_enumeration_refuses_a_latent_space_too_large_to_list():
+    big = JointlyEnumerable(pyro.distributions.Bernoulli(logits=torch.zeros(2, 17)), 1)
+    with pytest.raises(ValueError, match=r"2\^17 joint values .*objective='graph'"):
+        big.enumerate_support()
+    assert 2**16 == MAX_ENUMERATE
+    small = JointlyEnumerable(pyro.distributions.Bernoulli(logits=torch.zeros(2, 2)), 1).enumerate_support()
+    assert small.shape == (4, 2, 2)
+    assert {tuple(v.tolist()) for v in small[:, 0]} == set(itertools.product((0.0, 1.0), repeat=2))
+
+
+def test_relaxed_training_anneals_the_temperature_and_evaluation_stays_discrete():
+    vae, x = tiny("categorical", relaxed=True, temperature=pyrovae.Linear(start=1.0, end=0.5, num_steps=4))
+    assert [vae.training_kwargs(s)["temperature"] for s in (0, 2, 4, 8)] == [1.0, 0.75, 0.5, 0.5]
+    result = pyrovae.fit(vae, x.repeat(8, 1), epochs=2, batch_size=8, progress=False, device="cpu")
+    assert all(math.isfinite(row["train_loss"]) for row in result.history)
+    from pyro import poutine
+    trace = poutine.trace(vae.guide).get_trace(x)
+    assert isinstance(trace.nodes["z"]["fn"], JointlyEnumerable)  # no temperature: the discrete guide
+    rebuilt = DiscreteVAE(**vae.config)
+    assert rebuilt.temperature_schedule == vae.temperature_schedule
+
+
+@pytest.mark.parametrize(("options", "match"), [
+    ({"latent": "gaussian"}, "Expected latent in"),
+    ({"num_categories": 1}, "Expected num_categories to be an int >= 2"),
+    ({"temperature": 0.0}, "Expected temperature > 0"),
+    ({"temperature": -1.0}, "Expected temperature >= 0"),
+])
+def test_bad_options_are_refused_naming_the_argument(options, match):
+    with pytest.raises(ValueError, match=match):
+        DiscreteVAE(x_shape=(6,), **options)
