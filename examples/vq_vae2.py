@@ -40,86 +40,36 @@ The data are read from ``--data-root`` (default ``../shared/data``; files in ``b
 
 from __future__ import annotations
 
-import argparse
-import json
-import math
+import sys
 from pathlib import Path
 
-import pyro
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import pyrovae
-from pyrovae import datasets
-from pyrovae.models.vq_vae2 import VQVAE2
+from _vq import bound_numbers, codebook_use, fit_stage, load_images, parse_args, report  # noqa: E402
+
+from pyrovae.models.vq_vae2 import VQVAE2  # noqa: E402
 
 NAME = "vq_vae2"
-DATA_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-FULL = {"dataset": "binarized_mnist", "epochs": 10, "prior_epochs": 10, "num_train": None, "num_test": None}
-SMOKE = {"dataset": "digits", "epochs": 1, "prior_epochs": 1, "num_train": 256, "num_test": 50}
 REFERENCE = ("Razavi et al. 2019 (arXiv:1906.00446) give no MNIST likelihood; for scale: PixelRNN 0.146 bits/dim "
              "(arXiv:1601.06759), VAE 0.160 bits/dim (arXiv:1509.00519)")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--smoke", action="store_true", help="a run of seconds on built-in data (CI)")
-    parser.add_argument("--out", default=f"runs/{NAME}", help="run folder")
-    parser.add_argument("--epochs", type=int, help=f"VQ-VAE-2 passes over the training set (full: {FULL['epochs']})")
-    parser.add_argument("--prior-epochs", type=int, help=f"passes of each prior (full: {FULL['prior_epochs']})")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dataset", choices=["binarized_mnist", "digits"], help="full: binarized_mnist; smoke: digits")
-    parser.add_argument("--data-root", default=str(DATA_ROOT), help="folder holding binarized_mnist/")
-    parser.add_argument("--num-codes", type=int, default=64, help="K, each codebook's size")
-    parser.add_argument("--num-train", type=int, help="use the first N training images (default: all)")
-    parser.add_argument("--num-test", type=int, help="use the first N test images (default: all)")
-    args = parser.parse_args(argv)
-    for key, value in (SMOKE if args.smoke else FULL).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    return args
-
-
-def save_grid(images: torch.Tensor, path: Path) -> None:
-    from torchvision.utils import save_image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(images.float().clamp(0, 1), path, nrow=math.ceil(math.sqrt(len(images))), pad_value=0.5)
-
-
-def codebook_use(codes: torch.Tensor, num_codes: int) -> float:
-    return float((torch.bincount(codes.reshape(-1), minlength=num_codes) > 0).float().mean())
-
-
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    args = parse_args(argv)
+    args = parse_args(argv, name=NAME, doc=__doc__, model="VQ-VAE-2", prior_help="passes of each prior",
+                      codes_help="K, each codebook's size")
     out = Path(args.out)
-    options = {"binarize": True} if args.dataset == "digits" else {"root": args.data_root}
-    train, test = (datasets.load(args.dataset, split, **options) for split in ("train", "test"))
-    shape = (1, 28, 28) if args.dataset == "binarized_mnist" else train.shape
-    x_train = train.x[: args.num_train].reshape(-1, *shape)
-    x_test = test.x[: args.num_test].reshape(-1, *shape)
-
-    pyro.set_rng_seed(args.seed)
+    shape, x_train, x_test = load_images(args)
     vq = VQVAE2(shape, z_dim=16, num_codes=args.num_codes, arch="conv", channels=(32, 64), likelihood="bernoulli")
-    result = pyrovae.fit(vq, x_train, epochs=args.epochs, batch_size=100, lr=1e-3, seed=args.seed,
-                         out=out / "vq_vae2", progress=not args.smoke)
+    result = fit_stage(vq, x_train, args.epochs, args, out / "vq_vae2")
 
     top_prior, bottom_prior = vq.prior_programs(hidden_channels=32, num_layers=4, kernel_size=5)
     top, bottom = vq.codes(x_train)
-    fits = [pyrovae.fit(top_prior, top.float(), epochs=args.prior_epochs, batch_size=100, lr=1e-3, seed=args.seed,
-                        out=out / "prior_top", progress=not args.smoke),
-            pyrovae.fit(bottom_prior, (bottom.float(), top.float()), epochs=args.prior_epochs, batch_size=100,
-                        lr=1e-3, seed=args.seed, out=out / "prior_bottom", progress=not args.smoke)]
+    fits = [fit_stage(top_prior, top.float(), args.prior_epochs, args, out / "prior_top"),
+            fit_stage(bottom_prior, (bottom.float(), top.float()), args.prior_epochs, args, out / "prior_bottom")]
 
     top_test, bottom_test = vq.codes(x_test)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(args.seed)
-        save_grid(vq.sample(64, (top_prior, bottom_prior)), out / "samples.png")
-    bits = vq.bits_per_dim(x_test, (top_prior, bottom_prior))
     numbers = {
-        "test_bits_per_dim": bits,
-        "test_nll_bound_nats": bits * math.prod(shape) * math.log(2),
-        "test_bits_per_dim_uniform": vq.bits_per_dim(x_test),
+        **bound_numbers(vq, (top_prior, bottom_prior), x_test, shape, out / "samples.png", args.seed),
         "codebook_use_top": codebook_use(top_test, vq.num_codes),
         "codebook_use_bottom": codebook_use(bottom_test, vq.num_codes),
         "dead_share_top_last_epoch": result.final["aux_dead_share_top"],
@@ -128,14 +78,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "prior_epochs": args.prior_epochs,
         "train_seconds": result.final["seconds"] + sum(f.final["seconds"] for f in fits),
     }
-    (out / "results.json").write_text(json.dumps(numbers, indent=1))
-
-    print(f"{NAME} ({args.dataset}, K={args.num_codes}, top grid {vq.grid_top}, bottom grid {vq.grid_bottom}):")
-    for key, value in numbers.items():
-        print(f"  {key:<30} {value:.4f}" if isinstance(value, float) else f"  {key:<30} {value}")
-    print(f"  reference: {REFERENCE}")
-    print(f"files in {out}: results.json, samples.png, vq_vae2/, prior_top/, prior_bottom/")
-    return numbers
+    return report(numbers, out, f"{NAME} ({args.dataset}, K={args.num_codes}, top grid {vq.grid_top}, "
+                  f"bottom grid {vq.grid_bottom}):", REFERENCE, "results.json, samples.png, vq_vae2/, prior_top/, prior_bottom/",
+                  width=30)
 
 
 if __name__ == "__main__":

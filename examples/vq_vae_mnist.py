@@ -48,99 +48,47 @@ The data are read from ``--data-root`` (default ``../shared/data``; files in ``b
 
 from __future__ import annotations
 
-import argparse
-import json
-import math
+import sys
 from pathlib import Path
 
-import pyro
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import pyrovae
-from pyrovae import datasets
-from pyrovae.models.vq_vae import VQVAE
+from _vq import bound_numbers, codebook_use, fit_stage, load_images, parse_args, perplexity, report  # noqa: E402
+
+from pyrovae.models.vq_vae import VQVAE  # noqa: E402
 
 NAME = "vq_vae_mnist"
-DATA_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-FULL = {"dataset": "binarized_mnist", "epochs": 10, "prior_epochs": 10, "num_train": None, "num_test": None}
-SMOKE = {"dataset": "digits", "epochs": 1, "prior_epochs": 1, "num_train": 256, "num_test": 50}
 REFERENCE = ("no published VQ-VAE number on binarized MNIST; for scale: PixelRNN 79.20 nats = 0.146 bits/dim "
              "(arXiv:1601.06759), VAE 86.76 nats = 0.160 bits/dim (arXiv:1509.00519)")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--smoke", action="store_true", help="a run of seconds on built-in data (CI)")
-    parser.add_argument("--out", default=f"runs/{NAME}", help="run folder")
-    parser.add_argument("--epochs", type=int, help=f"VQ-VAE passes over the training set (full: {FULL['epochs']})")
-    parser.add_argument("--prior-epochs", type=int, help=f"prior passes (full: {FULL['prior_epochs']})")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dataset", choices=["binarized_mnist", "digits"], help="full: binarized_mnist; smoke: digits")
-    parser.add_argument("--data-root", default=str(DATA_ROOT), help="folder holding binarized_mnist/")
-    parser.add_argument("--num-codes", type=int, default=64, help="K, the codebook size")
-    parser.add_argument("--no-restarts", action="store_true", help="never restart dead codes (to see collapse)")
-    parser.add_argument("--num-train", type=int, help="use the first N training images (default: all)")
-    parser.add_argument("--num-test", type=int, help="use the first N test images (default: all)")
-    args = parser.parse_args(argv)
-    for key, value in (SMOKE if args.smoke else FULL).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    return args
-
-
-def save_grid(images: torch.Tensor, path: Path) -> None:
-    from torchvision.utils import save_image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(images.float().clamp(0, 1), path, nrow=math.ceil(math.sqrt(len(images))), pad_value=0.5)
-
-
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    args = parse_args(argv)
-    out = Path(args.out)
-    options = {"binarize": True} if args.dataset == "digits" else {"root": args.data_root}
-    train, test = (datasets.load(args.dataset, split, **options) for split in ("train", "test"))
-    shape = (1, 28, 28) if args.dataset == "binarized_mnist" else train.shape
-    x_train = train.x[: args.num_train].reshape(-1, *shape)
-    x_test = test.x[: args.num_test].reshape(-1, *shape)
+    def restarts(parser):
+        parser.add_argument("--no-restarts", action="store_true", help="never restart dead codes (to see collapse)")
 
-    pyro.set_rng_seed(args.seed)
+    args = parse_args(argv, name=NAME, doc=__doc__, model="VQ-VAE", prior_help="prior passes",
+                      codes_help="K, the codebook size", add_options=restarts)
+    out = Path(args.out)
+    shape, x_train, x_test = load_images(args)
     vq = VQVAE(shape, z_dim=16, num_codes=args.num_codes, arch="conv", channels=(32, 64),
                restart_dead=not args.no_restarts, likelihood="bernoulli")
-    result = pyrovae.fit(vq, x_train, epochs=args.epochs, batch_size=100, lr=1e-3, seed=args.seed,
-                         out=out / "vq_vae", progress=not args.smoke)
+    result = fit_stage(vq, x_train, args.epochs, args, out / "vq_vae")
 
     prior = vq.prior_program(hidden_channels=32, num_layers=4, kernel_size=5)
-    codes_train = vq.codes(x_train)
-    prior_result = pyrovae.fit(prior, codes_train.float(), epochs=args.prior_epochs, batch_size=100, lr=1e-3,
-                               seed=args.seed, out=out / "prior", progress=not args.smoke)
+    prior_result = fit_stage(prior, vq.codes(x_train).float(), args.prior_epochs, args, out / "prior")
 
     codes_test = vq.codes(x_test)
-    counts = torch.bincount(codes_test.reshape(-1), minlength=vq.num_codes).float()
-    p = counts / counts.sum()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(args.seed)
-        save_grid(vq.sample(64, prior=prior), out / "samples.png")
-    bits = vq.bits_per_dim(x_test, prior)
     numbers = {
-        "test_bits_per_dim": bits,
-        "test_nll_bound_nats": bits * math.prod(shape) * math.log(2),
-        "test_bits_per_dim_uniform": vq.bits_per_dim(x_test),
-        "codebook_use": float((counts > 0).float().mean()),
-        "test_perplexity": float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum())),
+        **bound_numbers(vq, prior, x_test, shape, out / "samples.png", args.seed),
+        "codebook_use": codebook_use(codes_test, vq.num_codes),
+        "test_perplexity": perplexity(codes_test, vq.num_codes),
         "dead_share_last_epoch": result.final["aux_dead_share"],
         "train_points": x_train.shape[0], "test_points": x_test.shape[0], "epochs": args.epochs,
         "prior_epochs": args.prior_epochs,
         "train_seconds": result.final["seconds"] + prior_result.final["seconds"],
     }
-    (out / "results.json").write_text(json.dumps(numbers, indent=1))
-
-    print(f"{NAME} ({args.dataset}, K={args.num_codes}, grid {vq.grid}):")
-    for key, value in numbers.items():
-        print(f"  {key:<26} {value:.4f}" if isinstance(value, float) else f"  {key:<26} {value}")
-    print(f"  reference: {REFERENCE}")
-    print(f"files in {out}: results.json, samples.png, vq_vae/ and prior/ (history.csv, checkpoint.pt)")
-    return numbers
+    return report(numbers, out, f"{NAME} ({args.dataset}, K={args.num_codes}, grid {vq.grid}):", REFERENCE,
+                  "results.json, samples.png, vq_vae/ and prior/ (history.csv, checkpoint.pt)", width=26)
 
 
 if __name__ == "__main__":

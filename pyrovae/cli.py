@@ -87,6 +87,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="fit's KL weight on every latent site in training (the model's own constructor "
                             "arguments, e.g. beta_tcvae's beta or factor_vae's gamma, are set with -o)")
     train.add_argument("--z-dim", type=int, default=None)
+    train.add_argument("-O", "--objective-option", action="append", default=[], metavar="KEY=VALUE",
+                       type=_key_value, help="an option of the named objective, e.g. --objective free_bits "
+                                             "-O free_bits=0.25 (VALUE read as JSON); repeatable")
     train.add_argument("-o", "--model-option", action="append", default=[], metavar="KEY=VALUE", type=_key_value,
                        help="a constructor argument of the model, e.g. -o gamma=40 -o capacity_steps=2000 "
                             "(VALUE read as JSON, else as text); repeatable")
@@ -224,6 +227,7 @@ def _train_config(args: argparse.Namespace) -> RunConfig:
         "dataset": args.dataset,
         "dataset_options": _dataset_options(args),
         "objective": args.objective,
+        "objective_options": dict(args.objective_option) or None,
         "num_particles": args.num_particles,
         "alpha": args.alpha,
         "kl_weight": args.beta,

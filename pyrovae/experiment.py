@@ -102,6 +102,8 @@ class RunConfig:
     dataset_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: None: the model's ``default_objective`` (filled in at construction, so config.json names it)
     objective: str | None = None
+    #: further options of the named objective (``free_bits``'s λ, ``graph``'s ``baseline_beta``, ...)
+    objective_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     num_particles: int | None = None
     alpha: float | None = None
     kl_weight: float | dict[str, Any] | None = None
@@ -120,7 +122,10 @@ class RunConfig:
         check_dataset_options(self.dataset, self.dataset_options)
         if self.objective is None:
             self.objective = getattr(MODELS[self.model], "default_objective", "elbo")
-        make_objective(self.objective, num_particles=self.num_particles, alpha=self.alpha)
+        if not isinstance(self.objective_options, Mapping):
+            raise ValueError(f"Expected objective_options to be a mapping, got {self.objective_options!r}")  # noqa: TRY004 (bad input, often from a config.json)
+        self.objective_options = dict(self.objective_options)
+        self.make_objective()
         if self.kl_weight is not None:
             if isinstance(self.kl_weight, Mapping) and self.kl_weight.get("name") in SCHEDULES:
                 schedule = SCHEDULES[self.kl_weight["name"]]
@@ -145,6 +150,11 @@ class RunConfig:
                                  f"got {self.device!r}") from None
         if self.jit not in (None, True, False):
             raise ValueError(f"Expected jit to be None, True or False, got {self.jit!r}")
+
+    def make_objective(self) -> Any:
+        """The training objective: the name with its options (an ELBO instance)."""
+        return make_objective(self.objective, num_particles=self.num_particles, alpha=self.alpha,
+                              **self.objective_options)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -269,9 +279,7 @@ def _train_and_report(config: RunConfig, model: Any, train: Any, valid: Any, tes
     result = fit(
         model,
         train,
-        objective=config.objective,
-        num_particles=config.num_particles,
-        alpha=config.alpha,
+        objective=config.make_objective(),
         kl_weight=config.kl_weight,
         epochs=config.epochs,
         batch_size=config.batch_size,

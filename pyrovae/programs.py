@@ -623,6 +623,13 @@ def split_parameters(model_trace: Trace, guide_trace: Trace) -> tuple[dict[str, 
 
 
 # ============================================================ objectives
+def analytic_kl(elbo: Any) -> bool:
+    """Whether ``elbo`` takes each latent site's KL in closed form given the other sites' draws (its
+    ``analytic_kl`` flag, else true of Pyro's ``TraceMeanField_ELBO``): unbiased only when every guide
+    site is independent of the other latents given the data (a mean-field guide)."""
+    return bool(getattr(elbo, "analytic_kl", isinstance(elbo, TraceMeanField_ELBO)))
+
+
 def requires_guide_sites(elbo: Any) -> bool:
     """Whether ``elbo`` needs a guide site for every model latent: its ``requires_guide_sites`` flag, else
     true of Pyro's ``TraceGraph_ELBO`` and ``TraceMeanField_ELBO`` (they look each model latent up in the

@@ -42,7 +42,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pyro
 import pyro.distributions as dist
@@ -51,9 +51,20 @@ from pyro.distributions import constraints
 from torch import Tensor, nn
 from torch.nn.functional import one_hot
 
+from pyrovae.nets import check_widths
 from pyrovae.pixelcnn import PixelCNN
 
-__all__ = ["CodePrior", "CodebookCategorical", "GridDecoder", "GridEncoder", "VectorQuantizer", "grid_shape"]
+__all__ = [
+    "CodePrior",
+    "CodebookCategorical",
+    "GridDecoder",
+    "GridEncoder",
+    "VectorQuantizer",
+    "check_num_positions",
+    "codebook_config",
+    "grid_options",
+    "grid_shape",
+]
 
 
 def _check_int(value: object, name: str, minimum: int = 1) -> int:
@@ -276,6 +287,40 @@ def grid_shape(x_shape: Sequence[int], num_layers: int, num_positions: int) -> t
             h, w = (h + 1) // 2, (w + 1) // 2
         return (h, w)
     return (1, num_positions)
+
+
+def check_num_positions(num_positions: object) -> int:
+    """``num_positions`` (the code grid's size for vector data), or a one-line ``ValueError``."""
+    if not isinstance(num_positions, int) or isinstance(num_positions, bool) or num_positions < 1:
+        raise ValueError(f"Expected num_positions to be an int >= 1, got {num_positions!r}")
+    return num_positions
+
+
+def grid_options(arch: str, x_shape: Sequence[int], *, hidden: Sequence[int], channels: Sequence[int],
+                 num_positions: int) -> dict[str, Any]:
+    """The keyword arguments of :class:`GridEncoder` and :class:`GridDecoder` but the activation, checked.
+
+    ``conv`` comes from ``arch`` (``"mlp"``, ``"conv"``, or ``"auto"``: conv for
+    images of side >= 16) and ``x_shape``; ``hidden`` and ``channels`` become tuples.
+    """
+    hidden = check_widths(hidden, "hidden", example="(400,)")
+    channels = check_widths(channels, "channels", example="(32, 64)", allow_empty=False)
+    if arch not in ("auto", "mlp", "conv"):
+        raise ValueError(f"Expected arch in ('auto', 'mlp', 'conv'), got {arch!r}")
+    if arch == "conv" and len(x_shape) != 3:
+        raise ValueError(f"arch='conv' needs images of shape (C, H, W), got x_shape={x_shape}")
+    conv = arch == "conv" or (arch == "auto" and len(x_shape) == 3 and min(x_shape[1:]) >= 16)
+    return {"conv": conv, "channels": channels, "hidden": hidden, "num_positions": num_positions}
+
+
+def codebook_config(num_codes: int, commitment_weight: float, codebook: dict[str, Any], codebook_lr: float,
+                    nets: dict[str, Any]) -> dict[str, Any]:
+    """A VQ model's own entries of ``config`` (beside the base VAE's), from :class:`VectorQuantizer`'s
+    keyword arguments ``codebook`` and :func:`grid_options`' ``nets``."""
+    return {"num_codes": num_codes, "commitment_weight": commitment_weight, "ema": bool(codebook["ema"]),
+            "decay": codebook["decay"], "dead_threshold": codebook["dead_threshold"],
+            "restart_dead": bool(codebook["restart_dead"]), "kmeans_init": bool(codebook["kmeans_init"]),
+            "codebook_lr": codebook_lr, "num_positions": nets["num_positions"], "channels": list(nets["channels"])}
 
 
 class GridEncoder(nn.Module):

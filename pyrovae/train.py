@@ -86,6 +86,7 @@ from pyrovae.programs import (
     Data,
     Programs,
     Structure,
+    analytic_kl,
     as_data,
     check_objective,
     check_positive_int,
@@ -546,6 +547,12 @@ def fit(
     if objective is None:
         objective = getattr(programs.owner, "default_objective", "elbo")
     elbo = make_objective(objective, num_particles=num_particles, alpha=alpha)
+    if analytic_kl(elbo) and not getattr(programs.owner, "mean_field_guide", True):
+        raise ValueError(
+            f"{_objective_label(objective, elbo)} takes each latent's KL in closed form, which is biased for "
+            f"{type(programs.owner).__name__}: its guide's sites depend on other latents (mean_field_guide is "
+            "False); use objective='elbo', 'iwae' or another sampled estimator"
+        )
     if not isinstance(streams, (list, tuple)) or not all(isinstance(s, Stream) for s in streams):
         raise TypeError(f"Expected streams to be a list of pyrovae.Stream, got {streams!r}")
     extra = []

@@ -25,7 +25,7 @@ from torch import nn
 import pyrovae
 from pyrovae import MODELS, OBJECTIVES
 from pyrovae.datasets import synthetic
-from pyrovae.programs import requires_guide_sites
+from pyrovae.programs import analytic_kl, requires_guide_sites
 
 MODELS_DIR = Path(pyrovae.__file__).parent / "models"
 
@@ -80,6 +80,9 @@ def requires_reparameterized(elbo: ELBO) -> bool:
 
 def incompatibility(model_cls: type, elbo: ELBO) -> str | None:
     """Why ``model_cls`` cannot be trained with ``elbo``, or None: asked of the model's and the objective's flags."""
+    if analytic_kl(elbo) and not getattr(model_cls, "mean_field_guide", True):
+        return (f"{type(elbo).__name__} takes each site's KL in closed form; "
+                f"{model_cls.__name__}.mean_field_guide is False")
     if getattr(model_cls, "has_enumerated_latents", False) and requires_guide_sites(elbo):
         return (f"{type(elbo).__name__} needs a guide site for every model latent; "
                 f"{model_cls.__name__}.has_enumerated_latents is True")

@@ -128,3 +128,23 @@ def test_a_site_with_a_joint_event_is_one_group(free_bits):
     kl = q.log_prob(z) - dist.Normal(torch.zeros(Z), 1.0).to_event(1).log_prob(z)  # (B,)
     rec = dist.Normal(z @ pyro.param("W"), 1.0).log_prob(X).sum()
     torch.testing.assert_close(loss, -rec + B * kl.mean().clamp_min(free_bits))
+
+
+def test_the_cli_sets_free_bits_by_objective_option_and_records_it(tmp_path, capsys):
+    """`--objective free_bits -O free_bits=0.25` trains with λ = 0.25 (recorded in config.json); a bad
+    option is refused in one line before anything is written."""
+    import json
+
+    from pyrovae.cli import main
+
+    common = ["train", "--model", "vae", "--dataset", "digits", "--epochs", "1", "-o", "z_dim=2", "-o", "hidden=[8]",
+              "--no-progress", "--objective", "free_bits"]
+    assert main([*common, "-O", "free_bits=0.25", "--out", str(tmp_path / "run")]) == 0
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["objective"] == "free_bits" and config["objective_options"] == {"free_bits": 0.25}
+    capsys.readouterr()
+    assert main([*common, "-O", "free_bitz=0.25", "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "free_bitz" in err and not (tmp_path / "bad").exists()
+    assert main([*common, "-O", "free_bits=-1", "--out", str(tmp_path / "neg")]) == 2
+    assert "free_bits" in capsys.readouterr().err and not (tmp_path / "neg").exists()

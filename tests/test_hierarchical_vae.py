@@ -137,3 +137,11 @@ def test_iwae_trains_it_and_the_bound_ordering_holds_on_the_trained_model():
     se = float(ll.stderr.pow(2).sum().sqrt()) / 64
     assert ll.bounds[1].mean <= ll.bounds[10].mean + 3 * se
     assert ll.bounds[10].mean <= ll.mean + 3 * se
+
+
+@pytest.mark.parametrize("objective", ["meanfield", "free_bits"])
+def test_closed_form_kl_objectives_are_refused_for_the_hierarchical_guide(objective):
+    """q(z2 | z1) reads a latent: TraceMeanField_ELBO's per-site analytic KL (and free bits') would be biased."""
+    model = HierarchicalVAE((6,), z_dim=2, z1_dim=3, hidden=(8,), top_hidden=(8,))
+    with pytest.raises(ValueError, match="mean_field_guide is False"):
+        pyrovae.fit(model, torch.rand(10, 6).round(), objective=objective, epochs=1, progress=False, device="cpu")

@@ -87,6 +87,8 @@ class HierarchicalVAE(VAE):
          Approximate Inference in Deep Generative Models. arXiv:1401.4082.
     """
 
+    #: q(z2 | z1) reads a latent: a closed-form KL per site (meanfield, free_bits) would be biased
+    mean_field_guide: ClassVar[bool] = False
     model_modules: ClassVar[tuple[str, ...]] = ("decoder", "observation", "upper_decoder")
     guide_modules: ClassVar[tuple[str, ...]] = ("encoder", "upper_encoder")
 

@@ -101,6 +101,9 @@ class VAE(nn.Module):
     has_discrete_latents: ClassVar[bool] = False
     #: the model sums a latent site out by enumeration, and the guide leaves it out (``objective="enum"``)
     has_enumerated_latents: ClassVar[bool] = False
+    #: every guide site is independent of the other latents given x, so a closed-form KL per site
+    #: (``meanfield``, ``free_bits``) is unbiased; a hierarchical guide q(z1|x) q(z2|z1) is not
+    mean_field_guide: ClassVar[bool] = True
     #: the objective ``fit`` trains with when none is given (a name in ``OBJECTIVES``)
     default_objective: ClassVar[str] = "elbo"
     reparameterized: ClassVar[bool] = True

@@ -13,13 +13,16 @@ from torch import nn
 
 from pyrovae.handlers import kl_scale
 from pyrovae.models.vae import VAE, check_weight
-from pyrovae.nets import ACTIVATIONS, check_widths
+from pyrovae.nets import ACTIVATIONS
 from pyrovae.quantize import (
     CodebookCategorical,
     CodePrior,
     GridDecoder,
     GridEncoder,
     VectorQuantizer,
+    check_num_positions,
+    codebook_config,
+    grid_options,
 )
 
 __all__ = ["VQVAE2"]
@@ -174,31 +177,22 @@ class VQVAE2(VAE):
     ) -> None:
         commitment_weight = check_weight("commitment_weight", commitment_weight)
         codebook_lr = check_weight("codebook_lr", codebook_lr, positive=True, maximum=1.0)
-        if not isinstance(num_positions, int) or isinstance(num_positions, bool) or num_positions < 1:
-            raise ValueError(f"Expected num_positions to be an int >= 1, got {num_positions!r}")
+        num_positions = check_num_positions(num_positions)
         super().__init__(x_shape, z_dim, hidden=hidden, arch=arch, channels=channels, activation=activation,
                          likelihood=likelihood, likelihood_scale=likelihood_scale)
-        hidden = check_widths(hidden, "hidden", example="(400,)")
-        channels = check_widths(channels, "channels", example="(32, 64)", allow_empty=False)
-        if arch not in ("auto", "mlp", "conv"):
-            raise ValueError(f"Expected arch in ('auto', 'mlp', 'conv'), got {arch!r}")
-        conv = arch == "conv" or (arch == "auto" and len(self.x_shape) == 3 and min(self.x_shape[1:]) >= 16)
+        nets = grid_options(arch, self.x_shape, hidden=hidden, channels=channels, num_positions=num_positions)
         act = ACTIVATIONS[activation]  # checked by the base class
-        nets = {"conv": conv, "channels": channels, "hidden": hidden, "num_positions": num_positions}
-        quantizer = {"ema": ema, "decay": decay, "dead_threshold": dead_threshold, "restart_dead": restart_dead,
-                     "kmeans_init": kmeans_init}
+        codebook = {"ema": ema, "decay": decay, "dead_threshold": dead_threshold, "restart_dead": restart_dead,
+                    "kmeans_init": kmeans_init}
         self.encoder = _Encoder2(self.x_shape, z_dim, act, **nets)
         self.grid_top, self.grid_bottom = self.encoder.grid_top, self.encoder.grid_bottom
         self.decoder = _Decoder2(z_dim, self.grid_bottom, self.x_shape, self.observation.heads, act, **nets)
-        self.quantizer_top = VectorQuantizer(num_codes, z_dim, **quantizer)
-        self.quantizer_bottom = VectorQuantizer(num_codes, z_dim, **quantizer)
+        self.quantizer_top = VectorQuantizer(num_codes, z_dim, **codebook)
+        self.quantizer_bottom = VectorQuantizer(num_codes, z_dim, **codebook)
         self.num_codes, self.commitment_weight = num_codes, commitment_weight
         #: the learning rate ``fit`` gives the auxiliary optimiser (the codebook loss when ``ema=False``)
         self.auxiliary_lr = codebook_lr
-        self.config.update(num_codes=num_codes, commitment_weight=commitment_weight, ema=bool(ema), decay=decay,
-                           dead_threshold=dead_threshold, restart_dead=bool(restart_dead),
-                           kmeans_init=bool(kmeans_init), codebook_lr=codebook_lr, num_positions=num_positions,
-                           channels=list(channels))
+        self.config.update(codebook_config(num_codes, commitment_weight, codebook, codebook_lr, nets))
         del self.prior_loc, self.prior_scale  # the base class's Gaussian prior is not this model's
 
     # ----------------------------------------------------------------- hooks

@@ -88,6 +88,8 @@ class FreeBitsELBO(Trace_ELBO):
 
     #: every model latent needs a guide site (its KL is per guide site): a site the model sums out is refused
     requires_guide_sites = True
+    #: each site's KL in closed form (biased for a guide whose sites depend on other latents)
+    analytic_kl = True
 
     def __init__(self, free_bits: float = 0.5, *, num_particles: int = 1, max_plate_nesting: float = float("inf")) -> None:
         if isinstance(free_bits, bool) or not isinstance(free_bits, (int, float)) or not math.isfinite(free_bits) \
