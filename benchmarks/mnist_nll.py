@@ -58,7 +58,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import time
 from pathlib import Path
 
@@ -158,8 +157,9 @@ def run_one(config: tuple[str, int, str, int], data, test, args: argparse.Namesp
             return result
     if args.table_only:
         return None
-    if not args.resume and run_dir.exists():
-        shutil.rmtree(run_dir)
+    if not args.resume and run_dir.exists():  # a run folder is never replaced silently
+        raise SystemExit(f"{run_dir} holds a run: pass --resume to continue it (to --passes {args.passes}), "
+                         "or remove the folder to start it again")
     torch.manual_seed(args.seed)
     model = build(layers, test.shape[1])
     start, epochs = time.perf_counter(), 0
@@ -168,7 +168,8 @@ def run_one(config: tuple[str, int, str, int], data, test, args: argparse.Namesp
         result = pyrovae.fit(model, data, objective="elbo" if objective == "vae" else "iwae", num_particles=k,
                              epochs=epochs, batch_size=BATCH_SIZE, lr=lr, seed=args.seed, device=args.device,
                              out=run_dir, resume=True, progress=False)
-    train_seconds = time.perf_counter() - start
+    # fit's history counts the seconds of every invocation, so a resumed run reports its whole training
+    train_seconds = result.history[-1]["seconds"] if result.history else time.perf_counter() - start
     test_on = test.to(next(model.parameters()).device)
     start = time.perf_counter()
     out = {"config": list(config), "passes": args.passes, "passes_used": epochs, "num_test": len(test),
