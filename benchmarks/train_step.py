@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import time
 
 import pyro
@@ -46,6 +45,7 @@ from torch import nn
 
 import pyrovae
 from pyrovae.train import OPTIMIZERS, optimizer_options
+from _timing import interleaved_ratios
 
 X_DIM, Z_DIM, HIDDEN, BATCH = 784, 20, 400, 128
 
@@ -185,27 +185,8 @@ def main(argv=None) -> dict[str, float]:
         "pyrovae iwae jit=False / hand IWAE (same Adam)": ("pyrovae iwae k=5, jit=False",
                                                            "hand IWAE k=5 (same Adam as fit)"),
     }
-    pairs = {name: pair for name, pair in pairs.items() if args.only in name}
-    needed = {row for pair in pairs.values() for row in pair}
-    contenders = {name: f for name, f in contenders.items() if name in needed}
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    with pyro.validation_enabled(False):
-        for name, f in contenders.items():  # warm-up
-            f(1)
-        for _ in range(args.reps):
-            for name, f in contenders.items():
-                times[name].append((f(args.epochs) - f(1)) / extra * 1e3)
-    med = {name: statistics.median(v) for name, v in times.items()}
-    print(f"per-step time, median of {args.reps} interleaved repetitions ({extra} steps each), {args.threads} threads")
-    for name, v in med.items():
-        spread = f"[{min(times[name]):.2f}, {max(times[name]):.2f}]"
-        print(f"  {name:34s} {v:7.2f} ms  {spread}")
-    ratios = {name: statistics.median(a / b for a, b in zip(times[top], times[bottom]))
-              for name, (top, bottom) in pairs.items()}
-    print("ratios, median of per-repetition ratios (target: pyrovae <= 1.15x the hand-written step)")
-    for name, r in ratios.items():
-        print(f"  {name:52s} {r:5.2f}x")
-    return ratios
+    return interleaved_ratios(contenders, pairs, only=args.only, reps=args.reps, epochs=args.epochs,
+                              extra_steps=extra, title=f"784-400-20 VAE, {args.threads} threads")
 
 
 if __name__ == "__main__":

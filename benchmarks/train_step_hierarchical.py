@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import time
 
-import pyro
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,6 +34,7 @@ from torch import nn
 import pyrovae
 from pyrovae.models.hierarchical_vae import HierarchicalVAE
 from pyrovae.train import OPTIMIZERS, optimizer_options
+from _timing import interleaved_ratios
 
 X_DIM, Z1, Z2, BATCH = 784, 100, 50, 128
 LOG_2PI = math.log(2 * math.pi)
@@ -130,26 +129,8 @@ def main(argv=None) -> dict[str, float]:
     }
     pairs = {"pyrovae elbo / hand ELBO": ("pyrovae elbo", "hand ELBO"),
              "pyrovae iwae / hand IWAE (k=5)": ("pyrovae iwae k=5", "hand IWAE k=5")}
-    pairs = {name: pair for name, pair in pairs.items() if args.only in name}
-    needed = {row for pair in pairs.values() for row in pair}
-    contenders = {name: f for name, f in contenders.items() if name in needed}
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    with pyro.validation_enabled(False):
-        for f in contenders.values():  # warm-up
-            f(1)
-        for _ in range(args.reps):
-            for name, f in contenders.items():
-                times[name].append((f(args.epochs) - f(1)) / extra * 1e3)
-    print(f"two stochastic layers: per-step time, median of {args.reps} interleaved repetitions "
-          f"({extra} steps each), {args.threads} threads")
-    for name, v in times.items():
-        print(f"  {name:20s} {statistics.median(v):7.2f} ms  [{min(v):.2f}, {max(v):.2f}]")
-    ratios = {name: statistics.median(a / b for a, b in zip(times[top], times[bottom]))
-              for name, (top, bottom) in pairs.items()}
-    print("ratios, median of per-repetition ratios (target: pyrovae elbo <= 1.15x the hand-written step)")
-    for name, r in ratios.items():
-        print(f"  {name:34s} {r:5.2f}x")
-    return ratios
+    return interleaved_ratios(contenders, pairs, only=args.only, reps=args.reps, epochs=args.epochs,
+                              extra_steps=extra, title=f"two stochastic layers, {args.threads} threads")
 
 
 if __name__ == "__main__":

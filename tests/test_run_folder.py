@@ -15,6 +15,7 @@ import torch
 import pyrovae
 from pyrovae.cli import main
 from pyrovae.runfolder import LOCK_NAME, RunFolderError, RunLock
+from _processes import kill_when_exists
 
 TRAIN = ["train", "--model", "vae", "--dataset", "digits", "--epochs", "1", "--batch-size", "256", "-o", "z_dim=2",
          "-o", "hidden=[16]", "--no-progress", "--no-jit"]
@@ -184,21 +185,7 @@ def test_a_cli_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_p
     victim_dir = tmp_path / "victim"
     victim = subprocess.Popen([sys.executable, "-m", "pyrovae", *args, "--out", str(victim_dir)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 120
-        while not (victim_dir / "checkpoint.pt").exists():
-            if victim.poll() is not None:
-                pytest.fail(f"the run exited (rc={victim.returncode}) before its first checkpoint:\n"
-                            f"{victim.stdout.read().decode(errors='replace')[-3000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail("no checkpoint appeared within 120 s")
-            time.sleep(0.005)
-        victim.send_signal(signal.SIGKILL)
-        victim.wait(timeout=30)
-    finally:
-        if victim.poll() is None:
-            victim.kill()
-            victim.wait()
+    kill_when_exists(victim, victim_dir / "checkpoint.pt", timeout=120, poll=0.005)
     assert victim.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     killed_at = torch.load(victim_dir / "checkpoint.pt", weights_only=True)["step"]
     assert 0 < killed_at < 15 * 22, killed_at  # 1,397 training digits, batch 64: 22 steps an epoch

@@ -18,7 +18,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyro
@@ -30,6 +29,7 @@ from torch.distributions import constraints
 import pyrovae
 from pyrovae.objectives.graph import GraphELBO
 from pyrovae.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from _processes import kill_when_exists
 
 SCRIPT = Path(__file__).with_name("_train_script.py")
 
@@ -217,21 +217,7 @@ def test_sigkill_then_resume_reaches_uninterrupted_parameters(tmp_path):
     reference = _launch([*common, "--result", str(tmp_path / "reference.pt")])
     # 0.1 s a step: about 6.6 s of training, while the first checkpoint appears after 0.4 s
     victim = _launch([*common, "--out", str(run_dir), "--result", str(tmp_path / "victim.pt"), "--sleep", "0.1"])
-    try:
-        deadline = time.monotonic() + 90
-        while not checkpoint.exists():
-            if victim.poll() is not None:
-                out = victim.stdout.read().decode(errors="replace")
-                pytest.fail(f"training exited (rc={victim.returncode}) before writing a checkpoint:\n{out[-3000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail("no checkpoint appeared within 90 s")
-            time.sleep(0.01)
-        victim.send_signal(signal.SIGKILL)
-        victim.wait(timeout=30)
-    finally:
-        if victim.poll() is None:
-            victim.kill()
-            victim.wait()
+    kill_when_exists(victim, checkpoint, timeout=90, poll=0.01)
     assert victim.returncode == -signal.SIGKILL, (
         f"the run was meant to be killed mid-way but exited by itself with rc={victim.returncode}; "
         "training outpaced the poll (raise --sleep)"
