@@ -218,6 +218,7 @@ def kl_per_dimension(vae: Any, x: torch.Tensor, *, batch_size: int | None = None
     from torch.distributions import kl_divergence
 
     from pyrovae.metrics.call_size import activation_bytes, rows_per_call
+    from pyrovae.metrics.collapse import kl_per_dimension as collapse_kl_per_dimension
 
     what = "KL per dimension"
     _latent_site_z(vae, x, what)
@@ -243,10 +244,12 @@ def kl_per_dimension(vae: Any, x: torch.Tensor, *, batch_size: int | None = None
         one = x[:1].to(_device(vae))
         batch_size = rows_per_call(activation_bytes(vae, lambda: vae.posterior(one), one.numel() * one.element_size()),
                                    1000)
-    total = torch.zeros(vae.z_dim)
-    for xb in x.split(batch_size):
-        total += per_point(xb).sum(0).cpu()
-    return total / x.shape[0]
+    if len(x) < 2:  # the metric averages over a data set of at least two points
+        return per_point(x).sum(0).cpu()
+    device = _device(vae)
+    result = collapse_kl_per_dimension(lambda xb: vae.posterior(xb.to(device)), x, vae.prior(),
+                                       points_per_call=batch_size)
+    return torch.tensor(result["kl_per_dimension"], dtype=torch.get_default_dtype())
 
 
 @torch.no_grad()

@@ -116,7 +116,8 @@ def kl_per_dimension(posterior: Posterior, x: torch.Tensor, prior: Distribution,
     p = _base(prior)
     total = None
     for q in _posteriors(posterior, x, points_per_call):
-        kl = kl_divergence(_base(q), p).double().sum(0)
+        q = _base(q)
+        kl = kl_divergence(q, p.expand(q.batch_shape)).double().sum(0)  # expanded: Bernoulli's closed form does not broadcast
         total = kl if total is None else total + kl
     per_dim = total / x.shape[0]
     return {"kl_total": float(per_dim.sum()), "kl_per_dimension": per_dim.tolist()}

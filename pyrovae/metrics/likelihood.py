@@ -347,27 +347,26 @@ def _estimate(
 
     num_points = len(points)
     with _evaluating(programs.owner, device, seed):
+        first = points.index(slice(0, _DEFAULT_BATCH_SIZE)).to(device)
         with pyro.validation_enabled(True):  # Pyro's own checks and the program's structure, once
-            structure = inspect_pair(programs, points.index(slice(0, _DEFAULT_BATCH_SIZE)).to(device), kwargs,
-                                     data_plate=data_plate, what="log_likelihood")
+            structure = inspect_pair(programs, first, kwargs, data_plate=data_plate, what="log_likelihood")
         _check_factorises(structure)
         truth = true_model(programs, structure, "log_likelihood")
         layout = _Layout(structure.max_plate_nesting, structure.data_plate, bool(structure.enumerated))
         call_rows = ROWS_PER_CALL
-        if batch_size is None or chunk_size is None:  # sized by the largest activation of one row
-            call_rows = _rows_per_call(layout, truth, points, kwargs, device)
-    if batch_size is None:
-        batch_size = min(_DEFAULT_BATCH_SIZE, call_rows) if chunk_size is None else max(1, call_rows // chunk_size)
-    batch_size = min(batch_size, num_points)
-    # Allocated once, before any batch: the per-point results, and one buffer for K log-weights
-    # of each point of a batch.  A new K x batch buffer per batch (5 MB at K = 5000) left the
-    # heap fragmented after a fit (the peak grew with N); so does any result kept per batch.
-    out: dict[str, Any] = {name: torch.empty(num_points, dtype=torch.float64)
-                           for name in ("log_px", "stderr", "ess") + (("khat",) if with_khat else ())}
-    bound_values = {k: (torch.empty(num_points, dtype=torch.float64), torch.empty(num_points, dtype=torch.float64))
-                    for k in bounds}
-    buffer = _log_weight_buffer(num_samples, batch_size)
-    with _evaluating(programs.owner, device, seed):
+        if batch_size is None or chunk_size is None:  # sized by the activations of one row
+            call_rows = _rows_per_call(layout, truth, first, kwargs)
+        if batch_size is None:
+            batch_size = min(_DEFAULT_BATCH_SIZE, call_rows) if chunk_size is None else max(1, call_rows // chunk_size)
+        batch_size = min(batch_size, num_points)
+        # Allocated once, before any batch: the per-point results, and one buffer for K log-weights
+        # of each point of a batch.  A new K x batch buffer per batch (5 MB at K = 5000) left the
+        # heap fragmented after a fit (the peak grew with N); so does any result kept per batch.
+        out: dict[str, Any] = {name: torch.empty(num_points, dtype=torch.float64)
+                               for name in ("log_px", "stderr", "ess") + (("khat",) if with_khat else ())}
+        bound_values = {k: (torch.empty(num_points, dtype=torch.float64), torch.empty(num_points, dtype=torch.float64))
+                        for k in bounds}
+        buffer = _log_weight_buffer(num_samples, batch_size)
         for start in range(0, num_points, batch_size):
             batch = points.index(slice(start, start + batch_size)).to(device)
             rows = slice(start, start + len(batch))
@@ -386,19 +385,17 @@ def _estimate(
     return out
 
 
-def _rows_per_call(layout: _Layout, programs: Programs, points: Data, kwargs: dict[str, Any],
-                   device: torch.device) -> int:
+def _rows_per_call(layout: _Layout, programs: Programs, first: Data, kwargs: dict[str, Any]) -> int:
     """Decoder rows per call: :data:`ROWS_PER_CALL` at most, fewer where one row's activations are big (a
     conv decoder), so a call's temporaries stay within what the allocator keeps between calls
-    (:mod:`pyrovae.metrics.call_size`).  Measured with one sample of the points the structure was
-    inspected on (a program may hold per-point parameters for exactly its batch), divided by their
-    number, under its own random state (the estimate's draws do not move)."""
-    first = points.index(slice(0, _DEFAULT_BATCH_SIZE)).to(device)
-    count = len(first)
+    (:mod:`pyrovae.metrics.call_size`).  Measured with one sample of ``first``, the points the
+    structure was inspected on (a program may hold per-point parameters for exactly its batch),
+    divided by their number, under its own random state (the estimate's draws do not move)."""
     point_bytes = sum(t.numel() * t.element_size() for t in first.tensors())
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), pyro.validation_enabled(False):
+    devices = [first.x.device] if first.x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), pyro.validation_enabled(False):
         total = activation_bytes(programs.owner, lambda: layout.log_weights(programs, first, 1, kwargs), point_bytes)
-    return rows_per_call(-(-total // count), ROWS_PER_CALL)
+    return rows_per_call(-(-total // len(first)), ROWS_PER_CALL)
 
 
 def _log_weight_buffer(num_samples: int, batch_size: int) -> torch.Tensor:
