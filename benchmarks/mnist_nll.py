@@ -136,10 +136,11 @@ def evaluate(model: pyrovae.VAE, test: torch.Tensor, args: argparse.Namespace) -
     ll = pyrovae.log_likelihood(model, test, num_samples=args.num_eval_samples, bounds=(), seed=args.seed)
     with torch.no_grad():
         model.eval()
-        units = str(active_units(model.posterior, test)["active_units"])
-        if isinstance(model, HierarchicalVAE):
-            top = torch.cat([model.upper_posterior_mean(xb) for xb in test.split(500)])
-            units += f"+{active_units_from_means(top)}"
+        if isinstance(model, HierarchicalVAE):  # each layer's E_q[z | x]
+            means = [model.layer_means(xb) for xb in test.split(500)]
+            units = "+".join(str(active_units_from_means(torch.cat(layer))) for layer in zip(*means))
+        else:
+            units = str(active_units(model.posterior, test)["active_units"])
         model.train()
     # the spread over test images: how far the mean of this subset may sit from the whole test set's
     test_se = float(ll.log_px.std() / len(test) ** 0.5) if len(test) > 1 else float("nan")

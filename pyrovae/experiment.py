@@ -39,7 +39,7 @@ from pyrovae.objectives import make_objective
 from pyrovae.programs import check_positive_int, resolve_programs, validate_data
 from pyrovae.runfolder import RunLock, check_writable, prepare_new_run
 from pyrovae.schedules import SCHEDULES, make_schedule
-from pyrovae.train import evaluate_elbo, fit
+from pyrovae.train import check_optimizer_options, evaluate_elbo, fit
 
 __all__ = ["RunConfig", "run", "resume_config", "epochs_done", "load_run", "evaluate_run", "reconstruction_error",
            "sweep", "sweep_parameter", "model_arguments", "check_model_options", "check_dataset_options"]
@@ -110,6 +110,8 @@ class RunConfig:
     epochs: int = 20
     batch_size: int = 128
     lr: float = 1e-3
+    #: further keyword arguments of fit's Adam, e.g. ``{"eps": 1e-4}`` or ``{"betas": [0.95, 0.999]}``
+    optimizer_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     seed: int = 0
     device: str = "auto"
     checkpoint_every: int | None = None
@@ -142,6 +144,7 @@ class RunConfig:
         lr = self.lr
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
             raise ValueError(f"Expected lr to be a finite number > 0, got {lr!r}")
+        self.optimizer_options = check_optimizer_options("adam", self.optimizer_options, float(lr))
         if self.device != "auto":
             try:
                 torch.device(self.device)
@@ -284,6 +287,7 @@ def _train_and_report(config: RunConfig, model: Any, train: Any, valid: Any, tes
         epochs=config.epochs,
         batch_size=config.batch_size,
         lr=config.lr,
+        optimizer_options=config.optimizer_options,
         valid_data=valid,
         seed=config.seed,
         device=config.device,

@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -419,6 +420,32 @@ def _source(programs: Programs, data: Data, objective: Any, elbo: ELBO, batch_si
     return _Source(programs, data, elbo, structure, scaler, model, guide, batch_size, drop_short)
 
 
+def check_optimizer_options(optimizer: str, options: Mapping[str, Any] | None, lr: float) -> dict[str, Any]:
+    """``options`` as a dict of keyword arguments that ``OPTIMIZERS[optimizer]`` accepts (tuples kept), or an error.
+
+    The constructor itself checks the values (e.g. Adam's ``0 <= betas < 1``), on a
+    throwaway parameter, so a bad value is refused before any work.
+    """
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options):
+        raise TypeError(f"Expected optimizer_options to be a dict of keyword arguments, got {options!r}")
+    cls = OPTIMIZERS[optimizer]
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "params", "lr", "fused", "foreach",
+                                                                    "capturable", "differentiable"}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        reserved = " (the learning rate is fit's lr=)" if "lr" in unknown else ""
+        raise ValueError(f"optimizer_options: {optimizer!r} ({cls.__name__}) takes no {unknown}{reserved}; "
+                         f"expected some of {sorted(accepted)}")
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}  # betas from a config.json
+    try:
+        cls([torch.zeros(1, requires_grad=True)], lr=lr, **options)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"optimizer_options {options!r} rejected by {cls.__name__}: {e}") from e
+    return options
+
+
 def _check_arguments(epochs: int, batch_size: int, seed: int, checkpoint_every: int | None, lr: Any, optimizer: str,
                      resume: bool, out: Any, jit: Any, programs: Programs) -> None:
     """Refuse bad options before any work, naming the argument and the expected form."""
@@ -468,6 +495,7 @@ def fit(
     batch_size: int = 128,
     lr: float = 1e-3,
     optimizer: str = "adam",
+    optimizer_options: Mapping[str, Any] | None = None,
     valid_data: Any = None,
     seed: int = 0,
     device: str | torch.device = "auto",
@@ -501,6 +529,11 @@ def fit(
     :param batch_size: minibatch size (per rank when distributed).
     :param lr: learning rate.
     :param optimizer: ``"adam"``, ``"adamw"``, ``"sgd"`` or ``"rmsprop"``.
+    :param optimizer_options: further keyword arguments of the optimizer's
+        constructor, e.g. ``{"eps": 1e-4}`` (Burda et al.'s Adam) or
+        ``{"betas": (0.95, 0.999)}``; checked against its signature and values
+        before any work.  Like ``lr`` they may change when resuming (the new
+        values apply from there on).
     :param valid_data: held-out data for the per-epoch true ELBO.
     :param seed: seeds parameters' noise, data order and sampling.
     :param device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
@@ -544,6 +577,7 @@ def fit(
     if "kl_weight" in train.kwargs:
         raise ValueError("data key 'kl_weight' clashes with the keyword argument fit passes to model and guide")
     _check_arguments(epochs, batch_size, seed, checkpoint_every, lr, optimizer, resume, out, jit, programs)
+    optimizer_options = check_optimizer_options(optimizer, optimizer_options, lr)
     if objective is None:
         objective = getattr(programs.owner, "default_objective", "elbo")
     elbo = make_objective(objective, num_particles=num_particles, alpha=alpha)
@@ -608,7 +642,7 @@ def fit(
     for src in sources[1:]:
         src.step_objective = src.elbo
     settings = {"batch_size": sources[0].batch_size, "seed": seed, "num_data": len(train), "world": world,
-                "lr": float(lr), "optimizer": optimizer,
+                "lr": float(lr), "optimizer": optimizer, "optimizer_options": optimizer_options,
                 "objective": objective if isinstance(objective, str) else type(objective).__name__,
                 "kl_weight": schedule.to_dict(), "epochs": epochs,
                 "streams": [[src.num_data, src.batch_size] for src in sources[1:]]}
@@ -619,7 +653,7 @@ def fit(
     if checkpoint is not None:
         trainer.restore(checkpoint)
         for group in trainer.optim.param_groups:  # a new lr (e.g. after a NaN) applies from here on
-            group["lr"] = float(lr)
+            group.update(lr=float(lr), **optimizer_options)
     trainer.run(epochs, epoch_view, valid, seed)
     if isinstance(sources[0].step_objective, Compiled):
         eager_reason = sources[0].step_objective.eager_reason
@@ -658,7 +692,7 @@ class _Trainer:
         fused_ok = all(p.is_floating_point() and p.device.type == device.type for p in params.values())
         if world > 1:
             _broadcast(params.values())
-        self.optim = optim_cls(list(params.values()), lr=settings["lr"],
+        self.optim = optim_cls(list(params.values()), lr=settings["lr"], **settings["optimizer_options"],
                                **(optimizer_options(optim_cls, device) if fused_ok else {}))
         self.aux_params, self.aux_loss = programs.auxiliary()
         self.aux_optim = None

@@ -27,6 +27,7 @@ import torch
 from torch.distributions import constraints
 
 import pyrovae
+from pyrovae.experiment import RunConfig
 from pyrovae.objectives.graph import GraphELBO
 from pyrovae.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from _processes import kill_when_exists
@@ -390,12 +391,18 @@ def _bad_inputs(digits: pyrovae.DataSet) -> dict:
         "alpha with elbo": (dict(objective="elbo", alpha=0.5), ValueError, r"objective='elbo'.*unexpected \['alpha'\]"),
         "resume without out": (dict(resume=True, out=None), ValueError, r"resume=True.*out="),
         "not a model": (dict(obj=object()), TypeError, r"model\(\) and guide\(\).*got object"),
+        "unknown optimizer option": (dict(optimizer_options={"epsilon": 1e-4}), ValueError,
+                                     r"optimizer_options: 'adam' \(Adam\) takes no \['epsilon'\].*'eps'"),
+        "lr in optimizer_options": (dict(optimizer_options={"lr": 1.0}), ValueError, r"no \['lr'\].*fit's lr="),
+        "bad betas": (dict(optimizer_options={"betas": (1.5, 0.999)}), ValueError,
+                      r"optimizer_options.*rejected by Adam.*beta"),
     }
 
 
 BAD_INPUT_CASES = [
     "wrong shape", "integer dtype", "NaN in data", "NaN in valid_data", "non-binary for bernoulli", "epochs=0",
     "batch_size=-1", "lr=0", "unknown objective", "alpha with elbo", "resume without out", "not a model",
+    "unknown optimizer option", "lr in optimizer_options", "bad betas",
 ]
 
 
@@ -558,6 +565,30 @@ def test_resume_with_a_smaller_lr_continues_and_records_it(digits, tmp_path):
     checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert checkpoint["settings"]["lr"] == 1e-4
     assert all(group["lr"] == 1e-4 for group in checkpoint["optimizer"]["param_groups"])
+
+
+def test_optimizer_options_reach_the_optimizer_and_may_change_on_resume(digits, tmp_path):
+    """Burda et al.'s Adam has eps = 1e-4: optimizer_options sets it (and betas, given as a config.json's
+    list), the checkpoint's optimizer holds it, and a resumed run may change it like lr."""
+    x = digits.x[:128]
+    options = dict(batch_size=64, device="cpu", progress=False, out=tmp_path)
+    pyrovae.fit(tiny_vae(), x, epochs=1, optimizer_options={"eps": 1e-4, "betas": [0.95, 0.999]}, **options)
+    groups = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["optimizer"]["param_groups"]
+    assert all(g["eps"] == 1e-4 and tuple(g["betas"]) == (0.95, 0.999) for g in groups)
+    pyrovae.fit(tiny_vae(), x, epochs=2, optimizer_options={"eps": 1e-6}, resume=True, **options)
+    groups = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["optimizer"]["param_groups"]
+    assert all(g["eps"] == 1e-6 for g in groups)
+    # the same run with eps 1e-8 (the default) trains differently: the option is not ignored
+    default = pyrovae.fit(tiny_vae(), x, epochs=1, batch_size=64, device="cpu", progress=False)
+    tuned = pyrovae.fit(tiny_vae(), x, epochs=1, batch_size=64, device="cpu", progress=False,
+                        optimizer_options={"eps": 1.0})
+    assert default.history[-1]["train_loss"] != tuned.history[-1]["train_loss"]
+
+
+def test_run_config_refuses_bad_optimizer_options():
+    with pytest.raises(ValueError, match=r"optimizer_options.*takes no \['momentum'\]"):
+        RunConfig(optimizer_options={"momentum": 0.9})
+    assert RunConfig(optimizer_options={"betas": [0.5, 0.9]}).optimizer_options == {"betas": (0.5, 0.9)}
 
 
 def test_resume_with_different_optimizer_is_refused(digits, tmp_path):
