@@ -245,6 +245,9 @@ def write_markdown(rows: dict, args: argparse.Namespace, wall: float, path: Path
                         f"| {PAPER_ACTIVE.get(key, '—') if args.data == 'mnist' else '—'} | {run['passes_used']} "
                         f"| {run['train_seconds']:.0f} | {run['eval_seconds']:.0f} |"
                     )
+    missing = [label(*config) for config in configurations(args) if config not in rows]
+    if missing:  # a row is never left out silently
+        lines += ["", "Not finished at this budget (no stored evaluation, so no row): " + ", ".join(missing) + "."]
     lines += ["", ordering_notes(rows, args), ""]
     text = "\n".join(lines)
     path.parent.mkdir(parents=True, exist_ok=True)

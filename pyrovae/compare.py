@@ -322,6 +322,12 @@ def compare_estimators(
                     bounds.append(-float(loss) / len(batch))
                     enc.append(_flat(encoder.values(), len(batch)))
                     dec.append(_flat(decoder.values(), len(batch)))
+            bad = sum(not (math.isfinite(b) and bool(torch.isfinite(e).all()) and bool(torch.isfinite(d).all()))
+                      for b, e, d in zip(bounds, enc, dec))
+            if bad:  # a variance over NaN draws would be NaN or a crash: the row says why instead
+                rows.append(EstimatorStats.refused(
+                    label, f"non-finite loss or gradient in {bad} of {num_repeats} draws at these parameters"))
+                continue
             enc_var, enc_snr = _summary(torch.stack(enc).double())
             dec_var, dec_snr = _summary(torch.stack(dec).double())
             rows.append(EstimatorStats(

@@ -26,7 +26,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-__all__ = ["ACTIVATIONS", "MLP", "ConvEncoder", "ConvDecoder", "check_widths", "make_encoder", "make_decoder"]
+__all__ = ["ACTIVATIONS", "MLP", "Flatten", "ConvEncoder", "ConvDecoder", "check_widths", "make_encoder", "make_decoder",
+           "resolve_arch"]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -113,6 +114,24 @@ class _Heads(nn.Module):
             name: part.reshape(batch_shape + shape)
             for (name, shape), part in zip(self.shapes.items(), parts)
         }
+
+
+class Flatten(nn.Module):
+    """No parameters: the input flattened, as the single head ``{name: (..., prod(in_shape))}``.
+
+    Where a network reads raw inputs beside other features (Kingma et al.'s q(z | x, y) on
+    ``[x, onehot(y)]``), it stands in for an encoder, so the first hidden layer sees ``x`` itself.
+    """
+
+    def __init__(self, in_shape: int | Sequence[int], name: str = "features") -> None:
+        super().__init__()
+        self.in_shape = _shape(in_shape, "in_shape")
+        self.name = name
+        self.width = math.prod(self.in_shape)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        batch_shape = x.shape[: x.dim() - len(self.in_shape)]
+        return {self.name: x.reshape(batch_shape + (self.width,))}
 
 
 class MLP(nn.Module):
@@ -268,7 +287,8 @@ class ConvDecoder(nn.Module):
         return {name: t.reshape(batch_shape + self.out_shape) for name, t in zip(self.head_names, chunks)}
 
 
-def _resolve_arch(arch: str, x_shape: Shape) -> str:
+def resolve_arch(arch: str, x_shape: Shape) -> str:
+    """``"mlp"`` or ``"conv"``: what ``arch`` (``"mlp"``, ``"conv"`` or ``"auto"``) builds for inputs of ``x_shape``."""
     if arch == "auto":
         return "conv" if len(x_shape) == 3 and min(x_shape[1:]) >= 16 else "mlp"
     if arch not in ("mlp", "conv"):
@@ -297,7 +317,7 @@ def make_encoder(
 ) -> nn.Module:
     """An encoder for inputs of shape ``x_shape``; ``arch`` is ``"mlp"``, ``"conv"`` or ``"auto"``."""
     hidden, channels = _net_widths(hidden, channels)
-    if _resolve_arch(arch, x_shape) == "conv":
+    if resolve_arch(arch, x_shape) == "conv":
         return ConvEncoder(x_shape, heads, channels=channels, hidden=hidden[-1] if hidden else 256, activation=activation)
     return MLP(x_shape, heads, hidden=hidden, activation=activation)
 
@@ -314,6 +334,6 @@ def make_decoder(
 ) -> nn.Module:
     """A decoder from ``z_dim`` vectors to heads of shape ``x_shape`` (mirror of :func:`make_encoder`)."""
     hidden, channels = _net_widths(hidden, channels)
-    if _resolve_arch(arch, x_shape) == "conv":
+    if resolve_arch(arch, x_shape) == "conv":
         return ConvDecoder(z_dim, x_shape, heads, channels=channels, hidden=hidden[-1] if hidden else 256, activation=activation)
     return MLP(z_dim, {name: x_shape for name in heads}, hidden=hidden[::-1], activation=activation)
