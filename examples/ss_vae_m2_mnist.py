@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         result = pyrovae.fit(m2, x_train[unlabelled_idx], epochs=epoch, resume=epoch > 1, **fit_options)
         curve.append({"epoch": epoch, "valid_accuracy": accuracy(m2, x_valid, valid.labels),
                       "test_accuracy": accuracy(m2, x_test, y_test)})
-    write_curve(curve, out / "accuracy.csv")
+        write_curve(curve, out / "accuracy.csv")  # after every epoch: a killed run keeps its curve
     best = max(curve, key=lambda row: row["valid_accuracy"])  # the first of equal ones
 
     numbers = {"test_accuracy": curve[-1]["test_accuracy"], "valid_accuracy": curve[-1]["valid_accuracy"],
