@@ -322,14 +322,15 @@ def compare_estimators(
                     bounds.append(-float(loss) / len(batch))
                     enc.append(_flat(encoder.values(), len(batch)))
                     dec.append(_flat(decoder.values(), len(batch)))
-            bad = sum(not (math.isfinite(b) and bool(torch.isfinite(e).all()) and bool(torch.isfinite(d).all()))
-                      for b, e, d in zip(bounds, enc, dec))
-            if bad:  # a variance over NaN draws would be NaN or a crash: the row says why instead
-                rows.append(EstimatorStats.refused(
-                    label, f"non-finite loss or gradient in {bad} of {num_repeats} draws at these parameters"))
+            enc_draws, dec_draws = torch.stack(enc).double(), torch.stack(dec).double()  # (num_repeats, ...)
+            finite = (torch.tensor([math.isfinite(b) for b in bounds]) & torch.isfinite(enc_draws).all(-1)
+                      & torch.isfinite(dec_draws).all(-1))
+            if not finite.all():  # a variance over NaN draws would be NaN or a crash: the row says why instead
+                rows.append(EstimatorStats.refused(label, f"non-finite loss or gradient in {int((~finite).sum())} "
+                                                          f"of {num_repeats} draws at these parameters"))
                 continue
-            enc_var, enc_snr = _summary(torch.stack(enc).double())
-            dec_var, dec_snr = _summary(torch.stack(dec).double())
+            enc_var, enc_snr = _summary(enc_draws)
+            dec_var, dec_snr = _summary(dec_draws)
             rows.append(EstimatorStats(
                 objective=label,
                 bound=statistics.fmean(bounds),
