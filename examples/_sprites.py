@@ -30,6 +30,7 @@ def parse_args(argv: list[str] | None, name: str, doc: str, weight: str, default
     parser = argparse.ArgumentParser(prog=f"{name}.py", description=doc.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="a run of seconds (CI)")
     parser.add_argument("--out", default=f"runs/{name}", help="run folder")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint: a killed run loses nothing")
     parser.add_argument("--epochs", type=int, help=f"passes over the training set (full: {FULL['epochs']})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(f"--{weight}", type=float, default=default, help=help)
@@ -64,7 +65,7 @@ def run_example(
     pyro.set_rng_seed(args.seed)  # the networks' initial weights
     vae = model(train.shape, **{weight: value}, **ARCH)
     result = pyrovae.fit(vae, train, epochs=args.epochs, batch_size=64, lr=1e-3, valid_data=valid,
-                         seed=args.seed, out=out, progress=not args.smoke)
+                         seed=args.seed, out=out, resume=args.resume, progress=not args.smoke)
 
     vae.eval()
     device = next(vae.parameters()).device

@@ -35,6 +35,7 @@ def parse_args(argv: list[str] | None, *, name: str, doc: str, model: str, prior
     parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="a run of seconds on built-in data (CI)")
     parser.add_argument("--out", default=f"runs/{name}", help="run folder")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint: a killed run loses nothing (each stage from its own)")
     parser.add_argument("--epochs", type=int, help=f"{model} passes over the training set (full: {FULL['epochs']})")
     parser.add_argument("--prior-epochs", type=int, help=f"{prior_help} (full: {FULL['prior_epochs']})")
     parser.add_argument("--seed", type=int, default=0)
@@ -66,7 +67,7 @@ def load_images(args: argparse.Namespace) -> tuple[tuple[int, ...], torch.Tensor
 def fit_stage(program: Any, data: Any, epochs: int, args: argparse.Namespace, out: Path) -> pyrovae.FitResult:
     """One stage (the VQ-VAE or a prior) fitted with the examples' batch size and learning rate."""
     return pyrovae.fit(program, data, epochs=epochs, batch_size=100, lr=1e-3, seed=args.seed, out=out,
-                       progress=not args.smoke)
+                       resume=args.resume, progress=not args.smoke)
 
 
 def codebook_use(codes: torch.Tensor, num_codes: int) -> float:

@@ -69,6 +69,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="a run of seconds on built-in data (CI)")
     parser.add_argument("--out", default=f"runs/{NAME}", help="run folder")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint: a killed run loses nothing (its accuracy curve too)")
     parser.add_argument("--epochs", type=int, help=f"passes over the unlabelled images (full: {FULL['epochs']})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dataset", choices=["mnist", "digits"], help="full: mnist; smoke: digits")
@@ -138,12 +139,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     # one fit call per epoch, each resuming the last, to record the accuracies after every
     # epoch; the tutorial's protocol reports the test accuracy at the best validation accuracy
-    curve = []
-    for epoch in range(1, args.epochs + 1):
-        result = pyrovae.fit(m2, x_train[unlabelled_idx], epochs=epoch, resume=epoch > 1, **fit_options)
+    curve = read_curve(out / "accuracy.csv")[: args.epochs] if args.resume else []
+    result = None
+    for epoch in range(len(curve) + 1, args.epochs + 1):
+        result = pyrovae.fit(m2, x_train[unlabelled_idx], epochs=epoch, resume=args.resume or epoch > 1,
+                             **fit_options)
         curve.append({"epoch": epoch, "valid_accuracy": accuracy(m2, x_valid, valid.labels),
                       "test_accuracy": accuracy(m2, x_test, y_test)})
         write_curve(curve, out / "accuracy.csv")  # after every epoch: a killed run keeps its curve
+    if result is None:  # --resume of a finished run: its weights and record, no step taken
+        result = pyrovae.fit(m2, x_train[unlabelled_idx], epochs=args.epochs, resume=True, **fit_options)
     best = max(curve, key=lambda row: row["valid_accuracy"])  # the first of equal ones
 
     numbers = {"test_accuracy": curve[-1]["test_accuracy"], "valid_accuracy": curve[-1]["valid_accuracy"],
@@ -169,6 +174,14 @@ def write_curve(curve: list[dict[str, float]], path: Path) -> None:
     lines = ["epoch,valid_accuracy,test_accuracy"]
     lines += [f"{row['epoch']},{row['valid_accuracy']:.4f},{row['test_accuracy']:.4f}" for row in curve]
     path.write_text("\n".join(lines) + "\n")
+
+
+def read_curve(path: Path) -> list[dict[str, float]]:
+    """The rows :func:`write_curve` wrote, or none if there is no file."""
+    if not path.exists():
+        return []
+    rows = [line.split(",") for line in path.read_text().splitlines()[1:] if line]
+    return [{"epoch": int(e), "valid_accuracy": float(v), "test_accuracy": float(t)} for e, v, t in rows]
 
 
 @torch.no_grad()

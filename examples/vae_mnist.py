@@ -58,6 +58,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="a run of seconds on built-in data (CI)")
     parser.add_argument("--out", default=f"runs/{NAME}", help="run folder")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint: a killed run loses nothing")
     parser.add_argument("--epochs", type=int, help=f"passes over the training set (full: {FULL['epochs']})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dataset", choices=["binarized_mnist", "digits"], help="full: binarized_mnist; smoke: digits")
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                       likelihood=train.likelihood)
     result = pyrovae.fit(vae, x_train, objective=args.objective, num_particles=args.num_particles,
                          epochs=args.epochs, batch_size=100, lr=1e-3, valid_data=valid, seed=args.seed,
-                         out=out, progress=not args.smoke)
+                         out=out, resume=args.resume, progress=not args.smoke)
 
     estimate = pyrovae.log_likelihood(vae, x_test, num_samples=args.num_samples, seed=args.seed)
     numbers = {"test_log_px": estimate.mean, "test_log_px_stderr": estimate.mean_stderr,

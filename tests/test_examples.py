@@ -60,6 +60,47 @@ def test_example_smoke(path: Path, tmp_path):
     check_numbers(path.stem, numbers, out)
 
 
+def history_rows(out: Path) -> list[str]:
+    return (out / "history.csv").read_text().splitlines()
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_example_resume_of_a_finished_run_trains_nothing(path: Path, tmp_path):
+    """``--resume`` on a finished run reloads its checkpoint(s): no step taken, the same numbers."""
+    out = tmp_path / path.stem
+    example = load_example(path)
+    first = example.main(["--smoke", "--out", str(out)])
+    folders = sorted(p.parent for p in out.rglob("history.csv"))  # the VQ examples fit in stages
+    before = {folder: history_rows(folder) for folder in folders}
+    again = example.main(["--smoke", "--out", str(out), "--resume"])
+    assert folders and {folder: history_rows(folder) for folder in folders} == before
+    check_numbers(path.stem, again, out)
+    # the same weights and seeds: the same evaluation (seconds are the record's, also unchanged)
+    assert again == pytest.approx(first, rel=1e-6)
+
+
+def test_killed_vae_run_resumes_where_it_stopped(tmp_path):
+    """A run of 2 epochs resumed after 1 equals, row for row, the history of 2 epochs in one go."""
+    example = load_example(EXAMPLES_DIR / "vae_mnist.py")
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    example.main(["--smoke", "--epochs", "2", "--out", str(whole)])
+    example.main(["--smoke", "--epochs", "1", "--out", str(parts)])
+    example.main(["--smoke", "--epochs", "2", "--out", str(parts), "--resume"])
+    drop_seconds = [[row.rsplit(",", 1)[0] for row in history_rows(folder)] for folder in (whole, parts)]
+    assert len(drop_seconds[0]) == 3 and drop_seconds[0] == drop_seconds[1]
+
+
+def test_killed_m2_run_keeps_its_accuracy_curve(tmp_path):
+    example = load_example(EXAMPLES_DIR / "ss_vae_m2_mnist.py")
+    out = tmp_path / "m2"
+    example.main(["--smoke", "--epochs", "1", "--out", str(out)])
+    first = (out / "accuracy.csv").read_text().splitlines()
+    numbers = example.main(["--smoke", "--epochs", "2", "--out", str(out), "--resume"])
+    curve = (out / "accuracy.csv").read_text().splitlines()
+    assert len(curve) == 3 and curve[:2] == first and numbers["epochs"] == 2
+    assert len(history_rows(out)) == 3  # epoch 1 not trained again
+
+
 @pytest.mark.data
 def test_vae_mnist_on_binarized_mnist_subset(shared_data, tmp_path):
     out = tmp_path / "vae_mnist"
