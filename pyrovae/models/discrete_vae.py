@@ -10,6 +10,8 @@ from typing import Any, ClassVar
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro.distributions.torch_distribution import TorchDistributionMixin
+from torch.distributions.relaxed_categorical import ExpRelaxedCategorical as _TorchExpRelaxedCategorical
 
 from pyrovae.handlers import kl_scale
 from pyrovae.models.vae import VAE
@@ -18,10 +20,20 @@ from pyrovae.schedules import Schedule, make_schedule
 
 __all__ = ["LATENTS", "MAX_ENUMERATE", "DiscreteVAE", "JointlyEnumerable"]
 
-#: the latent families: name -> (distribution over one latent variable, its relaxation, straight-through relaxation)
+class ExpRelaxedCategorical(_TorchExpRelaxedCategorical, TorchDistributionMixin):
+    """The log of a Gumbel-softmax (Concrete) draw, as a Pyro distribution (Pyro wraps no such class).
+
+    Its density stays finite where the Concrete density does not: at a temperature of 0.5 and
+    logits as confident as a trained encoder's, a draw's small components underflow to 0 in
+    float32 and ``RelaxedOneHotCategorical.log_prob`` returns NaN; in log space they are finite.
+    """
+
+
+#: the latent families: name -> (distribution over one latent variable, its relaxation, straight-through relaxation);
+#: a categorical's relaxed site holds the *log* of the Concrete draw (see :meth:`DiscreteVAE.decoder_input`)
 LATENTS: dict[str, tuple[type, type, type]] = {
     "bernoulli": (dist.Bernoulli, dist.RelaxedBernoulli, dist.RelaxedBernoulliStraightThrough),
-    "categorical": (dist.OneHotCategorical, dist.RelaxedOneHotCategorical, dist.RelaxedOneHotCategoricalStraightThrough),
+    "categorical": (dist.OneHotCategorical, ExpRelaxedCategorical, ExpRelaxedCategorical),
 }
 #: the most joint values :meth:`JointlyEnumerable.enumerate_support` lists (beyond it: sample instead)
 MAX_ENUMERATE = 2**16
@@ -90,7 +102,12 @@ class DiscreteVAE(VAE):
       reparameterized draws give pathwise gradients of the relaxed ELBO (Maddison
       et al.: the densities of both sites are relaxed, a valid ELBO of the
       relaxed model); ``straight_through=True`` feeds the decoder the rounded
-      (one-hot) sample with the relaxed sample's gradient.  Biased for the
+      (one-hot) sample with the relaxed sample's gradient.  A categorical's
+      sites hold the log of the Concrete draw (ExpConcrete, Maddison et al.'s
+      Appendix C), the decoder reading its exponential: the same change of
+      variables in model and guide leaves :math:`\log q - \log p` unchanged,
+      and the density stays finite where a confident encoder's draw underflows
+      to 0 (Pyro's ``RelaxedOneHotCategorical`` then gives NaN).  Biased for the
       discrete ELBO, with a bias that vanishes as :math:`\tau \to 0` and a
       variance that grows.
 
@@ -206,7 +223,19 @@ class DiscreteVAE(VAE):
         with pyro.plate("data", x.shape[0]):
             with kl_scale(kl_weight):
                 z = pyro.sample("z", self.prior(temperature))
-            return pyro.sample("x", self.likelihood(z), obs=x)
+            return pyro.sample("x", self.likelihood(self.decoder_input(z, temperature)), obs=x)
+
+    def decoder_input(self, z: torch.Tensor, temperature: float | torch.Tensor | None = None) -> torch.Tensor:
+        """What the decoder reads for the site value ``z``: ``z`` itself, except for a relaxed
+        categorical, whose site holds log-probabilities: their exponential, or with
+        ``straight_through`` its one-hot argmax carrying the exponential's gradient."""
+        if temperature is None or self.latent == "bernoulli":
+            return z
+        soft = z.exp()
+        if not self.straight_through:
+            return soft
+        hard = torch.nn.functional.one_hot(soft.argmax(-1), soft.shape[-1]).to(soft)
+        return hard + (soft - soft.detach())
 
     def guide(self, x: torch.Tensor, *, kl_weight: float = 1.0, temperature: float | None = None) -> torch.Tensor:
         """q(z | x); the discrete site is marked for parallel enumeration (used by ``objective="enum"`` only)."""
