@@ -217,6 +217,12 @@ def test_relaxed_bernoulli_is_scored_where_drawn_not_where_clamped():
                 float((pyro.distributions.RelaxedBernoulli(tau.float(), logits=q).log_prob(z)
                        - pyro.distributions.RelaxedBernoulli(tau.float(), logits=p).log_prob(z)).mean()))
 
+    # far in a tail, where torch's log(1 + exp(d)) overflows in float32, the density stays finite and right
+    far = torch.tensor([-200.0, 200.0])
+    exact = LogitRelaxedBernoulli(tau, logits=torch.zeros(2, dtype=torch.float64)).log_prob(far.double())
+    assert torch.allclose(LogitRelaxedBernoulli(tau.float(), logits=torch.zeros(2)).log_prob(far).double(), exact)
+    assert torch.allclose(exact, tau.log() - tau * far.abs().double() - 2 * math.log1p(math.exp(-100.0)))
+
     (ours_12, clamped_12), (ours_20, clamped_20) = mean_log_ratio(12.0), mean_log_ratio(20.0)
     # seen at these seeds: ours 10.0 and 11.8, clamped 3.9 and -4.1; the Monte Carlo spread of each
     # mean over 20,000 draws is below 0.05, far inside these margins

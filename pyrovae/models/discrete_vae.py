@@ -40,6 +40,14 @@ class LogitRelaxedBernoulli(_TorchLogitRelaxedBernoulli, TorchDistributionMixin)
     optimiser is paid to make the encoder ever more confident.
     """
 
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        # torch writes log(1 + exp(d)), which is inf for d > 88 in float32 (a -inf loss in a full
+        # run); softplus is the same function without the overflow
+        if self._validate_args:
+            self._validate_sample(value)
+        diff = self.logits - value * self.temperature
+        return self.temperature.log() + diff - 2 * torch.nn.functional.softplus(diff)
+
 
 #: the latent families: name -> (distribution over one latent variable, its relaxation, straight-through relaxation);
 #: a relaxed site holds the *logit* (Bernoulli) or *log* (categorical) of the Concrete draw, scored in
