@@ -36,7 +36,7 @@ class ExpRelaxedCategorical(_TorchExpRelaxedCategorical, TorchDistributionMixin)
 
 
 class LogitRelaxedBernoulli(_TorchLogitRelaxedBernoulli, TorchDistributionMixin):
-    """The logit of a Binary Concrete draw, as a Pyro distribution (Pyro wraps no such class).
+    r"""The logit of a Binary Concrete draw, as a Pyro distribution (Pyro wraps no such class).
 
     Scored where it is drawn: ``RelaxedBernoulli`` clamps its draws to ``[eps, 1 - eps]`` and
     scores the clamped value, whose :math:`\log q - \log p` against a uniform prior falls
@@ -63,12 +63,13 @@ class LogitRelaxedBernoulli(_TorchLogitRelaxedBernoulli, TorchDistributionMixin)
         return self.temperature.log() + diff - 2 * torch.nn.functional.softplus(diff)
 
 
-#: the latent families: name -> (distribution over one latent variable, its relaxation, straight-through relaxation);
-#: a relaxed site holds the *logit* (Bernoulli) or *log* (categorical) of the Concrete draw, scored in
-#: that space (Maddison et al. 2017, Appendix C); :meth:`DiscreteVAE.decoder_input` maps it back
-LATENTS: dict[str, tuple[type, type, type]] = {
-    "bernoulli": (dist.Bernoulli, LogitRelaxedBernoulli, LogitRelaxedBernoulli),
-    "categorical": (dist.OneHotCategorical, ExpRelaxedCategorical, ExpRelaxedCategorical),
+#: the latent families: name -> (distribution over one latent variable, its relaxation); a relaxed
+#: site holds the *logit* (Bernoulli) or *log* (categorical) of the Concrete draw, scored in that
+#: space (Maddison et al. 2017, Appendix C); :meth:`DiscreteVAE.decoder_input` maps it back, and
+#: rounds it for the straight-through variant, whose site is the same
+LATENTS: dict[str, tuple[type, type]] = {
+    "bernoulli": (dist.Bernoulli, LogitRelaxedBernoulli),
+    "categorical": (dist.OneHotCategorical, ExpRelaxedCategorical),
 }
 #: the most joint values :meth:`JointlyEnumerable.enumerate_support` lists (beyond it: sample instead)
 MAX_ENUMERATE = 2**16
@@ -230,11 +231,11 @@ class DiscreteVAE(VAE):
     # ----------------------------------------------------------------- hooks
     def _latent(self, logits: torch.Tensor, temperature: Any) -> dist.TorchDistribution:
         """The discrete distribution with these logits, or its relaxation at ``temperature``."""
-        discrete, soft, hard = LATENTS[self.latent]
+        discrete, relaxed = LATENTS[self.latent]
         if temperature is None:
             return JointlyEnumerable(discrete(logits=logits), 1)
         tau = torch.as_tensor(temperature, dtype=logits.dtype, device=logits.device)
-        return (hard if self.straight_through else soft)(tau, logits=logits).to_event(1)
+        return relaxed(tau, logits=logits).to_event(1)
 
     def prior(self, temperature: float | torch.Tensor | None = None) -> dist.TorchDistribution:
         """p(z): independent uniform Bernoulli bits or categoricals (relaxed at ``temperature`` if given)."""
