@@ -270,13 +270,12 @@ class DiscreteVAE(VAE):
         ``straight_through`` the rounded bits or one-hot argmax carrying that map's gradient."""
         if temperature is None:
             return z
-        if self.latent == "bernoulli":
-            soft = torch.sigmoid(z)
-            hard = (z > 0).to(soft)
-        else:
-            soft = z.exp()
-            hard = torch.nn.functional.one_hot(soft.argmax(-1), soft.shape[-1]).to(soft)
-        return hard + (soft - soft.detach()) if self.straight_through else soft
+        bernoulli = self.latent == "bernoulli"
+        soft = torch.sigmoid(z) if bernoulli else z.exp()
+        if not self.straight_through:
+            return soft
+        hard = (z > 0).to(soft) if bernoulli else torch.nn.functional.one_hot(z.argmax(-1), z.shape[-1]).to(soft)
+        return hard + (soft - soft.detach())
 
     def guide(self, x: torch.Tensor, *, kl_weight: float = 1.0, temperature: float | None = None) -> torch.Tensor:
         """q(z | x); the discrete site is marked for parallel enumeration (used by ``objective="enum"`` only)."""
