@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from pyro import poutine
 from pyro.distributions.util import scale_and_mask
-from pyro.infer import TraceGraph_ELBO, TraceMeanField_ELBO
+from pyro.infer import Trace_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import prune_subsample_sites, site_is_subsample
@@ -306,6 +306,8 @@ class Structure:
     :ivar params: every parameter the pair touches, ``name -> unconstrained leaf``, guide first.
     :ivar guide_params: the names of the parameters whose site is in the guide's trace.
     :ivar subsample: the program's own ``subsample_size`` of the data plate (``None``: it holds the whole batch).
+    :ivar surrogate_terms: sites of either program marked ``infer={"surrogate": True}``: terms of a
+        training surrogate, not densities (``DiscreteVAE(kl="discrete")``'s ``"z_kl"``).
     """
 
     data_plate: str
@@ -321,6 +323,7 @@ class Structure:
     params: dict[str, torch.Tensor]
     guide_params: tuple[str, ...]
     subsample: int | None = None
+    surrogate_terms: tuple[str, ...] = ()
 
     def require_whole_batch(self, what: str) -> None:
         """Refuse a data plate that subsamples the data itself."""
@@ -468,6 +471,9 @@ def structure_of(model_trace: Trace, guide_trace: Trace, data_plate: str) -> Str
                 (observed if inside else outside).append(site["name"])
             elif site["name"] in guide_trace.nodes or not site["infer"].get("enumerate"):
                 (local if inside else global_).append(site["name"])
+    surrogate = tuple(dict.fromkeys(
+        s["name"] for t in (guide_trace, model_trace) for s in _sample_sites(t) if s["infer"].get("surrogate")
+    ))
     enumerated = tuple(
         s["name"] for s in _sample_sites(model_trace)
         if not s["is_observed"] and s["name"] not in guide_trace.nodes and s["infer"].get("enumerate")
@@ -500,6 +506,7 @@ def structure_of(model_trace: Trace, guide_trace: Trace, data_plate: str) -> Str
         params=params,
         guide_params=tuple(dict.fromkeys(guide_params)),
         subsample=subsample,
+        surrogate_terms=surrogate,
     )
 
 
@@ -638,7 +645,19 @@ def requires_guide_sites(elbo: Any) -> bool:
 
 
 def check_objective(elbo: Any, structure: Structure, what: str) -> None:
-    """Refuse, in one line naming the site, a program the objective cannot estimate (before any particle runs)."""
+    """Refuse, in one line naming the site, a program the objective cannot estimate (before any particle runs).
+
+    A site marked ``infer={"surrogate": True}`` is a term of a training surrogate, not a density:
+    ``Trace_ELBO`` and ``TraceMeanField_ELBO`` (exactly these classes) add it to the loss as
+    written; any other objective would read it as part of log p or log q (an importance weight, a
+    per-dimension KL), so it refuses the program.
+    """
+    if structure.surrogate_terms and type(elbo) not in (Trace_ELBO, TraceMeanField_ELBO):
+        raise ProgramError(
+            f"{what} would read site {structure.surrogate_terms[0]!r} as a density, but it is a surrogate term "
+            "(infer={'surrogate': True}, e.g. DiscreteVAE(kl='discrete')'s KL); use objective='elbo' or "
+            "'meanfield', which add it to the loss as written"
+        )
     if structure.enumerated and requires_guide_sites(elbo):
         raise ProgramError(
             f"{what} needs a guide site for every latent site of the model, but the model's site "
@@ -686,7 +705,14 @@ _warned: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def true_model(programs: Programs, structure: Structure, what: str) -> Programs:
     """The pair every evaluation scores: scales removed (one rule for ``log_likelihood``,
     ``evaluate_elbo`` and the history's ``valid_elbo``), with a warning once per program
-    when the program scaled its own sites."""
+    when the program scaled its own sites.  A surrogate term (``infer={"surrogate": True}``) is refused:
+    it is no part of a probability model."""
+    if structure.surrogate_terms:
+        raise ProgramError(
+            f"{what} scores a probability model, but site {structure.surrogate_terms[0]!r} is a surrogate term of "
+            "a training objective (infer={'surrogate': True}); evaluate without the training keywords that add it "
+            "(DiscreteVAE: without temperature)"
+        )
     if structure.user_scales:
         model = programs.model
         owner = getattr(model, "__self__", None) or getattr(model, "__func__", model)  # a bound method is new each time

@@ -29,6 +29,13 @@ def test_the_schedule_is_the_papers_at_its_budget_and_starts_at_the_top_when_sca
     assert schedule(1) == [(1, 1e-3)]
     assert schedule(3) == [(1, full[0][1]), (1, full[1][1]), (1, full[2][1])]
     assert sum(n for n, _ in schedule(100)) <= 100
+    # the prefix schedule: the paper's own first passes, the last stage cut short
+    assert schedule(3280, "prefix") == full
+    assert schedule(1, "prefix") == [(1, 1e-3)]
+    assert schedule(6, "prefix") == [(1, full[0][1]), (3, full[1][1]), (2, full[2][1])]
+    assert schedule(40, "prefix") == full[:4]
+    with pytest.raises(ValueError, match="Expected kind in"):
+        schedule(10, "cosine")
 
 
 def test_mnist_nll_smoke_writes_the_table_and_resumes_from_its_run_folders(tmp_path):
@@ -56,6 +63,11 @@ def test_mnist_nll_smoke_writes_the_table_and_resumes_from_its_run_folders(tmp_p
     text = (tmp_path / "mnist_nll.md").read_text()
     assert "Not finished at this budget (no stored evaluation, so no row): dynamic-1layer-vae-k1, " \
            "dynamic-1layer-vae-k5, dynamic-1layer-iwae-k5." in text
+    # the prefix schedule keeps run folders of its own: the scaled runs above are not resumed by it
+    prefix = bench.main(argv[:layers + 1] + ["--k", "1"] + argv[argv.index("--out"):] + ["--schedule", "prefix"])
+    assert (tmp_path / "runs" / "dynamic-2layer-vae-k1-prefix" / "result.json").exists()
+    assert prefix[("dynamic", 2, "vae", 1)]["schedule"] == "prefix"
+    assert "schedule 'prefix'" in (tmp_path / "mnist_nll.md").read_text()
 
 
 @pytest.mark.slow  # reads and checks the 70,000 MNIST images: ~10 s alone, more on a loaded machine

@@ -9,6 +9,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import torch
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
 EXAMPLES = sorted(p for p in EXAMPLES_DIR.glob("*.py") if not p.name.startswith("_"))  # _*.py: shared bodies
@@ -110,3 +111,17 @@ def test_vae_mnist_on_binarized_mnist_subset(shared_data, tmp_path):
     check_numbers("vae_mnist", numbers, out)
     assert numbers["train_points"] == 500
     assert numbers["test_log_px"] < 0  # a probability of binary images
+
+
+def test_discrete_vae_example_trains_jang_et_al_s_surrogate(tmp_path, capsys):
+    """``--kl discrete``: relaxed draws in the reconstruction, the discrete KL; refused without relaxation."""
+    example = load_example(EXAMPLES_DIR / "discrete_vae_mnist.py")
+    out = tmp_path / "dkl"
+    numbers = example.main(["--smoke", "--kl", "discrete", "--out", str(out)])
+    check_numbers("discrete_vae_mnist", numbers, out)
+    assert "discrete KL" in capsys.readouterr().out
+    model = torch.load(out / "checkpoint.pt", weights_only=True)["model"]
+    assert model["config"]["kl"] == "discrete" and model["config"]["relaxed"] is True
+    with pytest.raises(SystemExit):
+        example.parse_args(["--smoke", "--estimator", "graph", "--kl", "discrete"])
+    assert "--kl discrete is the KL term of relaxed training" in capsys.readouterr().err

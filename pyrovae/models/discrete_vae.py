@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 from pyro.distributions.torch_distribution import TorchDistributionMixin
 from torch.distributions.relaxed_bernoulli import (
     LogitRelaxedBernoulli as _TorchLogitRelaxedBernoulli,
@@ -17,6 +18,7 @@ from torch.distributions.relaxed_bernoulli import (
 from torch.distributions.relaxed_categorical import (
     ExpRelaxedCategorical as _TorchExpRelaxedCategorical,
 )
+from torch.distributions import kl_divergence
 from torch.distributions.utils import clamp_probs
 
 from pyrovae.handlers import kl_scale
@@ -24,7 +26,7 @@ from pyrovae.models.vae import VAE
 from pyrovae.nets import make_decoder, make_encoder
 from pyrovae.schedules import Schedule, make_schedule
 
-__all__ = ["LATENTS", "MAX_ENUMERATE", "DiscreteVAE", "JointlyEnumerable"]
+__all__ = ["KL_TERMS", "LATENTS", "MAX_ENUMERATE", "DiscreteVAE", "JointlyEnumerable"]
 
 class ExpRelaxedCategorical(_TorchExpRelaxedCategorical, TorchDistributionMixin):
     """The log of a Gumbel-softmax (Concrete) draw, as a Pyro distribution (Pyro wraps no such class).
@@ -44,6 +46,10 @@ class LogitRelaxedBernoulli(_TorchLogitRelaxedBernoulli, TorchDistributionMixin)
     16 (at :math:`\tau = 0.5`; mean over draws at logit 20: -4.1 against the true 11.8), so an
     optimiser is paid to make the encoder ever more confident.
     """
+
+    # torch's class defines rsample but not this flag, so Pyro would draw through ``sample()``
+    # (no gradient through the draw) and Trace_ELBO would train the site by the score function
+    has_rsample = True
 
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
         # torch draws with the logits clamped to about +-16 (through clamp_probs(self.probs)) but
@@ -71,6 +77,10 @@ LATENTS: dict[str, tuple[type, type]] = {
     "bernoulli": (dist.Bernoulli, LogitRelaxedBernoulli),
     "categorical": (dist.OneHotCategorical, ExpRelaxedCategorical),
 }
+#: the relaxed objective's KL term: ``"relaxed"``, between the relaxed densities of guide and prior
+#: (Maddison et al.: an ELBO of the relaxed model); ``"discrete"``, between the discrete ones, the
+#: relaxed draw only in the reconstruction term (Jang et al.'s surrogate, not a bound of any model)
+KL_TERMS = ("relaxed", "discrete")
 #: the most joint values :meth:`JointlyEnumerable.enumerate_support` lists (beyond it: sample instead)
 MAX_ENUMERATE = 2**16
 
@@ -149,6 +159,25 @@ class DiscreteVAE(VAE):
       :math:`\log q - \log p` to :math:`-\infty`).  Biased for the
       discrete ELBO, with a bias that vanishes as :math:`\tau \to 0` and a
       variance that grows.
+    * **relaxed reconstruction, discrete KL** -- ``relaxed=True, kl="discrete"``:
+      Jang et al.'s surrogate
+
+      .. math::
+
+          \mathbb E_{q_{\phi,\tau}(y_n \mid x_n)}[\log p_\theta(x_n \mid y_n)]
+              - \beta\,\mathrm{KL}\big(q_\phi(z_n \mid x_n) \,\|\, p(z_n)\big),
+
+      the relaxed draw :math:`y_n` only in the reconstruction, the KL between
+      the *discrete* guide and prior in closed form.  It is no bound of any
+      model (the relaxed densities' KL grows with the encoder's confidence far
+      beyond the discrete one, and keeps the codes soft; this one does not).
+      As a Pyro program: the relaxed ``"z"`` sites are drawn with their
+      densities masked out, and the guide adds the KL as ``pyro.factor("z_kl",
+      ..., has_rsample=True)`` under the same β, marked
+      ``infer={"surrogate": True}``, so only ``Trace_ELBO`` and
+      ``TraceMeanField_ELBO`` (``objective="elbo"`` or ``"meanfield"``) train it,
+      and every other objective and every evaluation refuses the program in one
+      line naming the site.
 
     Called without ``temperature`` (every evaluation: ``log_likelihood``,
     ``evaluate_elbo``, plots) model and guide are the discrete ones, whatever
@@ -164,6 +193,9 @@ class DiscreteVAE(VAE):
         :class:`~pyrovae.schedules.Schedule` (annealing, e.g. ``Linear(1.0, 0.5, 50_000)``)
         or its ``to_dict()``.
     :param straight_through: feed the decoder the rounded relaxed sample.
+    :param kl: the relaxed objective's KL term (:data:`KL_TERMS`): ``"relaxed"``
+        (Maddison et al.'s relaxed ELBO) or ``"discrete"`` (Jang et al.'s
+        surrogate; needs ``relaxed=True``).
     :param kwargs: as :class:`~pyrovae.models.vae.VAE` (``hidden`` default ``(512, 256)``).
 
     Example::
@@ -195,6 +227,7 @@ class DiscreteVAE(VAE):
         relaxed: bool = False,
         temperature: float | Schedule | Mapping[str, Any] = 1.0,
         straight_through: bool = False,
+        kl: str = "relaxed",
         hidden: tuple[int, ...] = (512, 256),
         **kwargs: Any,
     ) -> None:
@@ -205,6 +238,11 @@ class DiscreteVAE(VAE):
         for name, value in (("relaxed", relaxed), ("straight_through", straight_through)):
             if not isinstance(value, bool):
                 raise TypeError(f"Expected {name} to be a bool, got {value!r}")
+        if kl not in KL_TERMS:
+            raise ValueError(f"Expected kl in {list(KL_TERMS)}, got {kl!r}")
+        if kl == "discrete" and not relaxed:
+            raise ValueError("kl='discrete' is the KL term of relaxed training (Jang et al.'s surrogate): "
+                             "set relaxed=True, or leave kl='relaxed'")
         schedule = make_schedule(temperature, name="temperature")
         if not all(schedule(step) > 0 for step in (0, 10**12)):
             raise ValueError(f"Expected temperature > 0 at every step, got {temperature!r}")
@@ -215,6 +253,7 @@ class DiscreteVAE(VAE):
         self.num_categories = num_categories
         self.relaxed = relaxed
         self.straight_through = straight_through
+        self.kl = kl
         #: :math:`\tau` as a function of the training step
         self.temperature_schedule = schedule
         # the latent's shape replaces the base's Gaussian heads: logits per variable (and class)
@@ -226,7 +265,7 @@ class DiscreteVAE(VAE):
         del self.prior_loc, self.prior_scale
         self.register_buffer("prior_logits", torch.zeros(self.z_shape))  # uniform, as in Jang et al.
         self.config.update(latent=latent, num_categories=num_categories, relaxed=relaxed,
-                           temperature=schedule.to_dict(), straight_through=straight_through)
+                           temperature=schedule.to_dict(), straight_through=straight_through, kl=kl)
 
     # ----------------------------------------------------------------- hooks
     def _latent(self, logits: torch.Tensor, temperature: Any) -> dist.TorchDistribution:
@@ -261,7 +300,7 @@ class DiscreteVAE(VAE):
         self._register("model")
         with pyro.plate("data", x.shape[0]):
             with kl_scale(kl_weight):
-                z = pyro.sample("z", self.prior(temperature))
+                z = pyro.sample("z", self._site(self.prior(temperature), temperature))
             return pyro.sample("x", self.likelihood(self.decoder_input(z, temperature)), obs=x)
 
     def decoder_input(self, z: torch.Tensor, temperature: float | torch.Tensor | None = None) -> torch.Tensor:
@@ -278,12 +317,29 @@ class DiscreteVAE(VAE):
         return hard + (soft - soft.detach())
 
     def guide(self, x: torch.Tensor, *, kl_weight: float = 1.0, temperature: float | None = None) -> torch.Tensor:
-        """q(z | x); the discrete site is marked for parallel enumeration (used by ``objective="enum"`` only)."""
+        """q(z | x); the discrete site is marked for parallel enumeration (used by ``objective="enum"`` only).
+        With ``kl="discrete"`` in training, the discrete KL follows as the surrogate term ``"z_kl"``."""
         self._register("guide")
         infer = {"enumerate": "parallel"} if temperature is None else {}
+        logits = self.encoder(x)["logits"]
         with pyro.plate("data", x.shape[0]):
             with kl_scale(kl_weight):
-                return pyro.sample("z", self.posterior(x, temperature), infer=infer)
+                z = pyro.sample("z", self._site(self._latent(logits, temperature), temperature), infer=infer)
+                if self._discrete_kl(temperature):
+                    kl = kl_divergence(self._latent(logits, None),
+                                       self._latent(self.prior_logits.expand_as(logits), None))
+                    # log q - log p of the masked "z" sites, replaced: a guide factor is subtracted
+                    with poutine.infer_config(config_fn=_surrogate):
+                        pyro.factor("z_kl", kl, has_rsample=True)
+        return z
+
+    def _discrete_kl(self, temperature: Any) -> bool:
+        """Whether this call trains Jang et al.'s surrogate (relaxed draws, discrete KL)."""
+        return temperature is not None and self.kl == "discrete"
+
+    def _site(self, fn: dist.TorchDistribution, temperature: Any) -> dist.TorchDistribution:
+        """The ``"z"`` site's distribution; its density masked out where the discrete KL replaces it."""
+        return fn.mask(False) if self._discrete_kl(temperature) else fn
 
     # ------------------------------------------------------------ utilities
     # through likelihood(z), which flattens a categorical latent (the base's call the decoder directly)
@@ -296,3 +352,9 @@ class DiscreteVAE(VAE):
     def sample(self, num_samples: int) -> torch.Tensor:
         """Means of p(x | z) for ``num_samples`` draws of z from the (discrete) prior."""
         return self.likelihood(self.prior().sample((num_samples,))).mean
+
+
+def _surrogate(msg: dict) -> dict:
+    """``infer`` of a surrogate term: read by ``Trace_ELBO``/``TraceMeanField_ELBO`` only (see
+    :func:`pyrovae.programs.check_objective`)."""
+    return {"surrogate": True}
