@@ -104,6 +104,8 @@ def schedule(passes: int, kind: str = "scaled") -> list[tuple[int, float]]:
     """
     paper = [(3**i, 1e-3 * 10 ** (-i / 7)) for i in range(8)]
     if kind == "prefix":
+        if passes > PAPER_PASSES:
+            raise ValueError(f"The prefix schedule has at most the paper's {PAPER_PASSES} passes, got {passes}")
         stages, left = [], passes
         for n, lr in paper:
             if left <= 0:
@@ -152,8 +154,9 @@ def build(layers: int, dim: int) -> pyrovae.VAE:
     return HierarchicalVAE((dim,))
 
 
-def label(binarization: str, layers: int, objective: str, k: int) -> str:
-    return f"{binarization}-{layers}layer-{objective}-k{k}"
+def label(binarization: str, layers: int, objective: str, k: int, schedule_kind: str = "scaled") -> str:
+    """A configuration's run folder; a prefix-schedule run has its own, so resuming never mixes the two."""
+    return f"{binarization}-{layers}layer-{objective}-k{k}" + ("-prefix" if schedule_kind == "prefix" else "")
 
 
 def evaluate(model: pyrovae.VAE, test: torch.Tensor, args: argparse.Namespace) -> dict[str, object]:
@@ -174,8 +177,7 @@ def evaluate(model: pyrovae.VAE, test: torch.Tensor, args: argparse.Namespace) -
 
 def run_one(config: tuple[str, int, str, int], data, test, args: argparse.Namespace) -> dict[str, object]:
     binarization, layers, objective, k = config
-    # a prefix-schedule run has a folder of its own: resuming never continues a run of the other schedule
-    run_dir = Path(args.out) / (label(*config) + ("-prefix" if args.schedule == "prefix" else ""))
+    run_dir = Path(args.out) / label(*config, args.schedule)
     stored = run_dir / "result.json"
     if (args.resume or args.table_only) and stored.exists():
         result = json.loads(stored.read_text())
@@ -194,6 +196,10 @@ def run_one(config: tuple[str, int, str, int], data, test, args: argparse.Namesp
         result = pyrovae.fit(model, data, objective="elbo" if objective == "vae" else "iwae", num_particles=k,
                              epochs=epochs, batch_size=BATCH_SIZE, lr=lr, seed=args.seed, device=args.device,
                              out=run_dir, resume=True, progress=False)
+    trained = result.history[-1]["epoch"] if result.history else epochs
+    if trained > epochs:  # fit never trains backwards: the folder's model is not this budget's
+        raise SystemExit(f"{run_dir} holds a run trained for {trained} passes, more than --passes {args.passes} "
+                         f"gives ({epochs}): use a larger --passes or another --out")
     # fit's history counts the seconds of every invocation, so a resumed run reports its whole training
     train_seconds = result.history[-1]["seconds"] if result.history else time.perf_counter() - start
     test_on = test.to(next(model.parameters()).device)
@@ -272,7 +278,7 @@ def write_markdown(rows: dict, args: argparse.Namespace, wall: float, path: Path
                         f"| {PAPER_ACTIVE.get(key, '—') if args.data == 'mnist' else '—'} | {run['passes_used']} "
                         f"| {run['train_seconds']:.0f} | {run['eval_seconds']:.0f} |"
                     )
-    missing = [label(*config) for config in configurations(args) if config not in rows]
+    missing = [label(*config, args.schedule) for config in configurations(args) if config not in rows]
     if missing:  # a row is never left out silently
         lines += ["", "Not finished at this budget (no stored evaluation, so no row): " + ", ".join(missing) + "."]
     lines += ["", ordering_notes(rows, args), ""]
@@ -318,7 +324,8 @@ def ordering_notes(rows: dict, args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--passes", type=int, default=PAPER_PASSES, help="training passes over the data, in all")
+    parser.add_argument("--passes", type=int, default=None,
+                        help=f"training passes over the data, in all (default {PAPER_PASSES}; --smoke: 1)")
     parser.add_argument("--schedule", choices=SCHEDULES, default="scaled",
                         help="a budget below the paper's: its stages scaled down, or its first --passes passes")
     parser.add_argument("--data", choices=("mnist", "digits"), default="mnist")
@@ -338,16 +345,21 @@ def main(argv: list[str] | None = None) -> dict:
                         help="write the table from the results stored under --out; train nothing")
     parser.add_argument("--results", default=str(HERE / "results" / "mnist_nll.md"))
     parser.add_argument("--smoke", action="store_true",
-                        help="CI: digits, 400 training and 20 test points, 1 pass, 50 samples")
+                        help="CI: digits, 400 training and 20 test points, 1 pass (unless --passes), 50 samples")
     args = parser.parse_args(argv)
     args.argv = list(argv) if argv is not None else []
     if args.smoke:
-        args.data, args.passes, args.num_eval_samples = "digits", 1, 50
+        args.data, args.num_eval_samples = "digits", 50
+        args.passes = args.passes or 1
         args.num_test = args.num_test or 20
         args.num_train = args.num_train or 400
         args.k = [k for k in args.k if k <= 5] or [1]
+    if args.passes is None:
+        args.passes = PAPER_PASSES
     if args.passes < 1 or args.num_eval_samples < 1 or any(k < 1 for k in args.k):
         parser.error("--passes, --num-eval-samples and --k must be >= 1")
+    if args.schedule == "prefix" and args.passes > PAPER_PASSES:
+        parser.error(f"--schedule prefix runs at most the paper's {PAPER_PASSES} passes")
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
     args.device = device
     start = time.perf_counter()

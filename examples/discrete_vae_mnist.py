@@ -107,7 +107,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.kl == "discrete" and args.estimator != "relaxed":
         parser.error("--kl discrete is the KL term of relaxed training: use it with --estimator relaxed")
     if args.out is None:
-        args.out = f"runs/{NAME}-{args.latent}-{args.estimator}" + ("-discrete-kl" if args.kl == "discrete" else "")
+        args.out = (f"runs/{NAME}-{args.latent}-{args.estimator}" + ("-st" if args.straight_through else "")
+                    + ("-discrete-kl" if args.kl == "discrete" else ""))
     return args
 
 
@@ -146,7 +147,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         numbers[f"decoder_variance[{row.objective}]"] = row.decoder_variance
     plots.samples_grid(vae, out / "samples.png", seed=args.seed)
     (out / "results.json").write_text(json.dumps(numbers, indent=1))
-    (out / "estimators.txt").write_text(str(table) + "\n")
+    note = ("\n'elbo [temperature=0.5]' is Jang et al.'s surrogate here (--kl discrete): its bound/point column is "
+            "the surrogate's value, not a bound\n" if args.kl == "discrete" else "")
+    (out / "estimators.txt").write_text(str(table) + "\n" + note)
 
     print(f"{NAME} ({args.dataset}, {args.latent} latents x {vae.z_dim}, estimator {args.estimator}"
           f"{', straight-through' if args.straight_through else ''}{', discrete KL' if args.kl == 'discrete' else ''}):")

@@ -15,6 +15,13 @@
   model/guide pair, on the per-point plate that :func:`pyrovae.programs.inspect_pair`
   finds in the program (whatever its name); sites outside that plate (global
   latents) are left alone, as they should be.
+* :func:`surrogate_factor` -- a term of a training objective that is no density
+  (VQ-VAE's commitment loss, Jang et al.'s discrete KL), added in a guide and
+  marked ``infer={"surrogate": True}``: ``Trace_ELBO`` and ``TraceMeanField_ELBO``
+  add it to the loss as written; every other objective and every evaluation
+  refuses the program naming the site (:func:`pyrovae.programs.check_objective`)
+  rather than read it as part of log q (an importance weight, or RWS's wake-φ
+  step, which would *raise* a penalty).
 """
 
 from __future__ import annotations
@@ -22,11 +29,12 @@ from __future__ import annotations
 import contextlib
 import math
 
+import pyro
 import torch
 from pyro import poutine
 from pyro.poutine.messenger import Messenger
 
-__all__ = ["kl_scale", "plate_scale"]
+__all__ = ["kl_scale", "plate_scale", "surrogate_factor"]
 
 
 def kl_scale(weight: float | torch.Tensor) -> contextlib.AbstractContextManager:
@@ -75,3 +83,15 @@ class plate_scale(Messenger):
     def _process_message(self, msg) -> None:
         if msg["type"] in ("sample", "param") and any(f.name == self.name for f in msg["cond_indep_stack"]):
             msg["scale"] = self.scale * msg["scale"]
+
+
+def surrogate_factor(name: str, penalty: torch.Tensor) -> None:
+    """Add ``penalty`` to a guide's loss as the site ``name``: ``pyro.factor(name, penalty, has_rsample=True)``
+    marked ``infer={"surrogate": True}``.  A guide factor counts as log q, i.e. it is subtracted from the
+    ELBO, so a penalty enters with ``+``; it is scaled by the handlers around it (a β, a plate's N/B)."""
+    with poutine.infer_config(config_fn=_surrogate):
+        pyro.factor(name, penalty, has_rsample=True)
+
+
+def _surrogate(msg: dict) -> dict:
+    return {"surrogate": True}

@@ -36,6 +36,8 @@ def test_the_schedule_is_the_papers_at_its_budget_and_starts_at_the_top_when_sca
     assert schedule(40, "prefix") == full[:4]
     with pytest.raises(ValueError, match="Expected kind in"):
         schedule(10, "cosine")
+    with pytest.raises(ValueError, match="at most the paper's 3280 passes"):
+        schedule(3281, "prefix")
 
 
 def test_mnist_nll_smoke_writes_the_table_and_resumes_from_its_run_folders(tmp_path):
@@ -64,10 +66,21 @@ def test_mnist_nll_smoke_writes_the_table_and_resumes_from_its_run_folders(tmp_p
     assert "Not finished at this budget (no stored evaluation, so no row): dynamic-1layer-vae-k1, " \
            "dynamic-1layer-vae-k5, dynamic-1layer-iwae-k5." in text
     # the prefix schedule keeps run folders of its own: the scaled runs above are not resumed by it
-    prefix = bench.main(argv[:layers + 1] + ["--k", "1"] + argv[argv.index("--out"):] + ["--schedule", "prefix"])
+    prefix_argv = argv[:layers + 1] + ["--k", "1"] + argv[argv.index("--out"):] + ["--schedule", "prefix"]
+    prefix = bench.main(prefix_argv)
     assert (tmp_path / "runs" / "dynamic-2layer-vae-k1-prefix" / "result.json").exists()
     assert prefix[("dynamic", 2, "vae", 1)]["schedule"] == "prefix"
     assert "schedule 'prefix'" in (tmp_path / "mnist_nll.md").read_text()
+    # resumed to a larger budget, a prefix run continues with the paper's next stage (3 passes at 7.2e-4)
+    longer = bench.main(prefix_argv + ["--passes", "3", "--resume"])
+    assert longer[("dynamic", 2, "vae", 1)]["passes_used"] == 3
+    history = (tmp_path / "runs" / "dynamic-2layer-vae-k1-prefix" / "history.csv").read_text().splitlines()
+    assert len(history) == 1 + 3
+    # and a run trained past a smaller budget is refused, not relabelled
+    with pytest.raises(SystemExit, match="trained for 3 passes, more than --passes 2"):
+        bench.main(prefix_argv + ["--passes", "2", "--resume"])
+    text = bench.main(prefix_argv[:layers] + ["1", "2"] + prefix_argv[layers + 1:] + ["--table-only"])
+    assert "dynamic-1layer-vae-k1-prefix." in (tmp_path / "mnist_nll.md").read_text()
 
 
 @pytest.mark.slow  # reads and checks the 70,000 MNIST images: ~10 s alone, more on a loaded machine

@@ -83,6 +83,9 @@ def incompatibility(model_cls: type, elbo: ELBO) -> str | None:
     if analytic_kl(elbo) and not getattr(model_cls, "mean_field_guide", True):
         return (f"{type(elbo).__name__} takes each site's KL in closed form; "
                 f"{model_cls.__name__}.mean_field_guide is False")
+    if getattr(model_cls, "surrogate_objective", False) and type(elbo) not in (Trace_ELBO, TraceMeanField_ELBO):
+        return (f"{type(elbo).__name__} would read the guide's surrogate term as log q; "
+                f"{model_cls.__name__}.surrogate_objective is True")
     if getattr(model_cls, "has_enumerated_latents", False) and requires_guide_sites(elbo):
         return (f"{type(elbo).__name__} needs a guide site for every model latent; "
                 f"{model_cls.__name__}.has_enumerated_latents is True")

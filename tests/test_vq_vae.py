@@ -166,6 +166,18 @@ def test_fit_logs_codebook_perplexity_and_dead_share_and_moves_the_codebook():
     assert bool(vq.quantizer.initialized)  # k-means on the first batch
 
 
+@pytest.mark.parametrize("objective", ["rws", "dreg", "iwae"])
+def test_the_commitment_term_is_trained_by_the_elbo_only_and_refused_elsewhere_naming_the_site(objective):
+    # the commitment loss is a guide pyro.factor, no density: RWS's wake-phi step would read it as log q
+    # and *raise* it (its encoder gradient was the ELBO's reversed), DReG dropped part of its gradient
+    vq = small_vq()
+    x = torch.bernoulli(torch.full((32, 1, 8, 8), 0.3), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"site 'commitment' as a density"):
+        pyrovae.fit(vq, x, objective=objective, epochs=1, batch_size=16, device="cpu", progress=False)
+    result = pyrovae.fit(vq, x, objective="meanfield", epochs=1, batch_size=16, device="cpu", progress=False)
+    assert math.isfinite(result.final["train_loss"])
+
+
 # ---------------------------------------------------------------- the learned prior
 def diagonal_codes(num: int, seed: int) -> torch.Tensor:
     """Grids k_ij = (i + j + offset) mod 8, offset uniform: 3 bits per grid, 3/16 bits per position."""

@@ -10,7 +10,6 @@ from typing import Any, ClassVar
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro import poutine
 from pyro.distributions.torch_distribution import TorchDistributionMixin
 from torch.distributions.relaxed_bernoulli import (
     LogitRelaxedBernoulli as _TorchLogitRelaxedBernoulli,
@@ -21,7 +20,7 @@ from torch.distributions.relaxed_categorical import (
 from torch.distributions import kl_divergence
 from torch.distributions.utils import clamp_probs
 
-from pyrovae.handlers import kl_scale
+from pyrovae.handlers import kl_scale, surrogate_factor
 from pyrovae.models.vae import VAE
 from pyrovae.nets import make_decoder, make_encoder
 from pyrovae.schedules import Schedule, make_schedule
@@ -328,9 +327,7 @@ class DiscreteVAE(VAE):
                 if self._discrete_kl(temperature):
                     kl = kl_divergence(self._latent(logits, None),
                                        self._latent(self.prior_logits.expand_as(logits), None))
-                    # log q - log p of the masked "z" sites, replaced: a guide factor is subtracted
-                    with poutine.infer_config(config_fn=_surrogate):
-                        pyro.factor("z_kl", kl, has_rsample=True)
+                    surrogate_factor("z_kl", kl)  # in place of the masked sites' log q - log p
         return z
 
     def _discrete_kl(self, temperature: Any) -> bool:
@@ -353,8 +350,3 @@ class DiscreteVAE(VAE):
         """Means of p(x | z) for ``num_samples`` draws of z from the (discrete) prior."""
         return self.likelihood(self.prior().sample((num_samples,))).mean
 
-
-def _surrogate(msg: dict) -> dict:
-    """``infer`` of a surrogate term: read by ``Trace_ELBO``/``TraceMeanField_ELBO`` only (see
-    :func:`pyrovae.programs.check_objective`)."""
-    return {"surrogate": True}

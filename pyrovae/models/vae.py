@@ -104,6 +104,9 @@ class VAE(nn.Module):
     #: every guide site is independent of the other latents given x, so a closed-form KL per site
     #: (``meanfield``, ``free_bits``) is unbiased; a hierarchical guide q(z1|x) q(z2|z1) is not
     mean_field_guide: ClassVar[bool] = True
+    #: the guide adds a surrogate term in training (:func:`pyrovae.handlers.surrogate_factor`), which
+    #: only ``objective="elbo"`` or ``"meanfield"`` train (``fit`` refuses others, naming the site)
+    surrogate_objective: ClassVar[bool] = False
     #: the objective ``fit`` trains with when none is given (a name in ``OBJECTIVES``)
     default_objective: ClassVar[str] = "elbo"
     reparameterized: ClassVar[bool] = True

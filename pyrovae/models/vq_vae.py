@@ -10,7 +10,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from pyrovae.handlers import kl_scale
+from pyrovae.handlers import kl_scale, surrogate_factor
 from pyrovae.models.vae import VAE, check_weight
 from pyrovae.nets import ACTIVATIONS
 from pyrovae.quantize import (
@@ -54,7 +54,10 @@ class VQVAE(VAE):
     importance sample is the same point).  Training adds the commitment term
     :math:`-\beta \sum_i \lVert z_e(x_n)_i - \mathrm{sg}[e_{k_{n,i}}]\rVert^2`
     (β = ``commitment_weight``, 0.25 in the paper) as a ``pyro.factor`` in the
-    guide, switched on by :meth:`training_kwargs` only, so evaluation sees the true model.
+    guide, switched on by :meth:`training_kwargs` only, so evaluation sees the true model;
+    it is marked a surrogate term (:func:`pyrovae.handlers.surrogate_factor`), so only
+    ``objective="elbo"`` or ``"meanfield"`` train it (RWS's wake-φ step would read it as
+    log q and raise the penalty; DReG would drop part of its gradient).
 
     The codebook moves outside the ELBO step, through ``fit``'s auxiliary hook
     (:meth:`auxiliary_loss`, once per step): EMA updates (decay 0.99) or, with
@@ -109,6 +112,7 @@ class VQVAE(VAE):
     has_discrete_latents: ClassVar[bool] = True
     # the straight-through value is a biased pathwise gradient, not a reparameterization of q
     reparameterized: ClassVar[bool] = False
+    surrogate_objective: ClassVar[bool] = True
     model_modules: ClassVar[tuple[str, ...]] = ("decoder", "observation")
     guide_modules: ClassVar[tuple[str, ...]] = ("encoder",)
     #: the codebook: moved by the auxiliary step (EMA or its own loss), never by the ELBO's optimiser
@@ -182,9 +186,8 @@ class VQVAE(VAE):
             with kl_scale(kl_weight):
                 z = pyro.sample("z", dist.Delta(z_q, event_dim=3))
             if commitment_weight:
-                # a guide factor counts as log q, i.e. it is subtracted from the ELBO: the penalty enters with +
                 commitment = (z_e - z_q.detach()).pow(2).sum((1, 2, 3))
-                pyro.factor("commitment", commitment_weight * commitment, has_rsample=True)
+                surrogate_factor("commitment", commitment_weight * commitment)
         return z
 
     # ------------------------------------------------------------ fit's hooks

@@ -11,7 +11,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from pyrovae.handlers import kl_scale
+from pyrovae.handlers import kl_scale, surrogate_factor
 from pyrovae.models.vae import VAE, check_weight
 from pyrovae.nets import ACTIVATIONS
 from pyrovae.quantize import (
@@ -99,7 +99,8 @@ class VQVAE2(VAE):
             - (|t| + |b|) \log K\Bigr),
 
     with :math:`|t|, |b|` the grids' sizes.  Training adds the commitment terms
-    of both levels (``pyro.factor`` in the guide, β = ``commitment_weight``)
+    of both levels (a surrogate term in the guide, β = ``commitment_weight``: only
+    ``objective="elbo"`` or ``"meanfield"`` train it, as for VQ-VAE)
     and moves the two codebooks in ``fit``'s auxiliary step as
     :class:`~pyrovae.models.vq_vae.VQVAE` does (EMA, k-means initialisation,
     dead-code restarts; ``aux_perplexity_top``, ``aux_dead_share_bottom``, ... in the history).
@@ -148,6 +149,7 @@ class VQVAE2(VAE):
 
     has_discrete_latents: ClassVar[bool] = True
     reparameterized: ClassVar[bool] = False  # straight-through: a biased pathwise gradient
+    surrogate_objective: ClassVar[bool] = True
     model_modules: ClassVar[tuple[str, ...]] = ("decoder", "observation")
     guide_modules: ClassVar[tuple[str, ...]] = ("encoder",)
     #: what ``pyrovae sweep`` varies: the commitment term's weight β
@@ -244,10 +246,9 @@ class VQVAE2(VAE):
                 pyro.sample("z_top", dist.Delta(z_q_top, event_dim=3))
                 z_bottom = pyro.sample("z_bottom", dist.Delta(z_q_bottom, event_dim=3))
             if commitment_weight:
-                # a guide factor counts as log q, i.e. it is subtracted from the ELBO: the penalty enters with +
                 commitment = sum((z_e - z_q.detach()).pow(2).sum((1, 2, 3))
                                  for z_e, z_q in ((z_e_top, z_q_top), (z_e_bottom, z_q_bottom)))
-                pyro.factor("commitment", commitment_weight * commitment, has_rsample=True)
+                surrogate_factor("commitment", commitment_weight * commitment)
         return z_bottom
 
     # ------------------------------------------------------------ fit's hooks
