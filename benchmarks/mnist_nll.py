@@ -245,8 +245,10 @@ def write_markdown(rows: dict, args: argparse.Namespace, wall: float, path: Path
         f"schedule '{args.schedule}' (stages {schedule(args.passes, args.schedule)} as (passes, lr)), batch {BATCH_SIZE}, Adam",
         f"* evaluation: test NLL = -log p(x) with {args.num_eval_samples} importance samples on "
         f"the first {rows and next(iter(rows.values()))['num_test']} test images, ± one Monte Carlo standard error",
-        f"* machine: {machine(args.device)}; wall time {wall / 60:.1f} min for this command, "
-        f"{sum(r['train_seconds'] + r['eval_seconds'] for r in rows.values()) / 60:.1f} min summed over the runs' "
+        f"* machine: {machine(args.device)}; "
+        + ("this table written by --table-only from the stored runs (run it with the runs' thread count), "
+           if args.table_only else f"wall time {wall / 60:.1f} min for this command, ")
+        + f"{sum(r['train_seconds'] + r['eval_seconds'] for r in rows.values()) / 60:.1f} min summed over the runs' "
         "training and evaluation",
         "* VAE k = 1 and IWAE k = 1 are the same objective: one run fills both rows",
         f"* share of the paper's training: {args.passes} / {PAPER_PASSES} passes over "
