@@ -9,7 +9,7 @@ from pyrovae.amortization import AmortizationGap, amortization_gap
 from pyrovae.checkpoint import load_checkpoint, save_checkpoint
 from pyrovae.compare import EstimatorComparison, compare_estimators
 from pyrovae.datasets import DATASETS, DataSet
-from pyrovae.handlers import kl_scale, plate_scale
+from pyrovae.handlers import kl_scale, plate_scale, surrogate_factor
 from pyrovae.likelihoods import LIKELIHOODS
 from pyrovae.metrics import METRICS, GroundTruth, evaluate_metrics
 from pyrovae.metrics.likelihood import LogLikelihoodResult, iwae_bound, log_likelihood
@@ -60,4 +60,5 @@ __all__ = [
     "make_schedule",
     "plate_scale",
     "save_checkpoint",
+    "surrogate_factor",
 ]
