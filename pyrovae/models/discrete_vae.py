@@ -11,13 +11,13 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro.distributions.torch_distribution import TorchDistributionMixin
+from torch.distributions import kl_divergence
 from torch.distributions.relaxed_bernoulli import (
     LogitRelaxedBernoulli as _TorchLogitRelaxedBernoulli,
 )
 from torch.distributions.relaxed_categorical import (
     ExpRelaxedCategorical as _TorchExpRelaxedCategorical,
 )
-from torch.distributions import kl_divergence
 from torch.distributions.utils import clamp_probs
 
 from pyrovae.handlers import kl_scale, surrogate_factor
@@ -349,4 +349,3 @@ class DiscreteVAE(VAE):
     def sample(self, num_samples: int) -> torch.Tensor:
         """Means of p(x | z) for ``num_samples`` draws of z from the (discrete) prior."""
         return self.likelihood(self.prior().sample((num_samples,))).mean
-
