@@ -124,8 +124,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     pyro.set_rng_seed(args.seed)  # the networks' initial weights
     vae = DiscreteVAE(train.shape, args.z_dim, latent=args.latent, hidden=(512, 256), arch="mlp",
                       likelihood=train.likelihood, temperature=temperature,
-                      straight_through=args.straight_through, **model_options,
-                      **({"kl": args.kl} if model_options.get("relaxed") else {}))
+                      straight_through=args.straight_through, kl=args.kl, **model_options)
     result = pyrovae.fit(vae, x_train, objective=objective, epochs=args.epochs, batch_size=100, lr=1e-3,
                          valid_data=valid, seed=args.seed, out=out, resume=args.resume,
                          progress=not args.smoke)

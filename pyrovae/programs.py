@@ -55,6 +55,7 @@ __all__ = [
     "device_of",
     "find_data_plate",
     "inspect_pair",
+    "reads_surrogate_terms",
     "requires_guide_sites",
     "resolve_programs",
     "set_data_plate",
@@ -644,15 +645,20 @@ def requires_guide_sites(elbo: Any) -> bool:
     return bool(getattr(elbo, "requires_guide_sites", isinstance(elbo, (TraceGraph_ELBO, TraceMeanField_ELBO))))
 
 
+def reads_surrogate_terms(elbo: Any) -> bool:
+    """Whether ``elbo`` adds a surrogate term (``infer={"surrogate": True}``) to the loss as written:
+    true of ``Trace_ELBO`` and ``TraceMeanField_ELBO`` exactly; any other objective would read it as
+    part of log p or log q (an importance weight, a per-dimension KL)."""
+    return type(elbo) in (Trace_ELBO, TraceMeanField_ELBO)
+
+
 def check_objective(elbo: Any, structure: Structure, what: str) -> None:
     """Refuse, in one line naming the site, a program the objective cannot estimate (before any particle runs).
 
     A site marked ``infer={"surrogate": True}`` is a term of a training surrogate, not a density:
-    ``Trace_ELBO`` and ``TraceMeanField_ELBO`` (exactly these classes) add it to the loss as
-    written; any other objective would read it as part of log p or log q (an importance weight, a
-    per-dimension KL), so it refuses the program.
+    an objective that would not add it as written (:func:`reads_surrogate_terms`) refuses the program.
     """
-    if structure.surrogate_terms and type(elbo) not in (Trace_ELBO, TraceMeanField_ELBO):
+    if structure.surrogate_terms and not reads_surrogate_terms(elbo):
         raise ProgramError(
             f"{what} would read site {structure.surrogate_terms[0]!r} as a density, but it is a surrogate term "
             "(infer={'surrogate': True}, e.g. DiscreteVAE(kl='discrete')'s KL); use objective='elbo' or "

@@ -25,7 +25,7 @@ from torch import nn
 import pyrovae
 from pyrovae import MODELS, OBJECTIVES
 from pyrovae.datasets import synthetic
-from pyrovae.programs import analytic_kl, requires_guide_sites
+from pyrovae.programs import analytic_kl, reads_surrogate_terms, requires_guide_sites
 
 MODELS_DIR = Path(pyrovae.__file__).parent / "models"
 
@@ -83,7 +83,7 @@ def incompatibility(model_cls: type, elbo: ELBO) -> str | None:
     if analytic_kl(elbo) and not getattr(model_cls, "mean_field_guide", True):
         return (f"{type(elbo).__name__} takes each site's KL in closed form; "
                 f"{model_cls.__name__}.mean_field_guide is False")
-    if getattr(model_cls, "surrogate_objective", False) and type(elbo) not in (Trace_ELBO, TraceMeanField_ELBO):
+    if getattr(model_cls, "surrogate_objective", False) and not reads_surrogate_terms(elbo):
         return (f"{type(elbo).__name__} would read the guide's surrogate term as log q; "
                 f"{model_cls.__name__}.surrogate_objective is True")
     if getattr(model_cls, "has_enumerated_latents", False) and requires_guide_sites(elbo):
