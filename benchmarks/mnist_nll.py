@@ -171,8 +171,9 @@ def evaluate(model: pyrovae.VAE, test: torch.Tensor, args: argparse.Namespace) -
         model.train()
     # the spread over test images: how far the mean of this subset may sit from the whole test set's
     test_se = float(ll.log_px.std() / len(test) ** 0.5) if len(test) > 1 else float("nan")
+    # per image, so two rows (which use the same images) compare by the standard error of their difference
     return {"nll": -ll.mean, "nll_se": ll.mean_stderr, "nll_test_se": test_se, "active_units": units,
-            "share_khat_above_0_7": ll.share_khat_above_0_7}
+            "share_khat_above_0_7": ll.share_khat_above_0_7, "log_px": [round(v, 5) for v in ll.log_px.tolist()]}
 
 
 def run_one(config: tuple[str, int, str, int], data, test, args: argparse.Namespace) -> dict[str, object]:
@@ -181,7 +182,8 @@ def run_one(config: tuple[str, int, str, int], data, test, args: argparse.Namesp
     stored = run_dir / "result.json"
     if (args.resume or args.table_only) and stored.exists():
         result = json.loads(stored.read_text())
-        if args.table_only or (result.get("passes") == args.passes and result.get("num_test") == len(test)):
+        if args.table_only or (result.get("passes") == args.passes and result.get("num_test") == len(test)
+                               and "log_px" in result):  # an older evaluation lacks the per-image values
             return result
     if args.table_only:
         return None
@@ -290,23 +292,36 @@ def write_markdown(rows: dict, args: argparse.Namespace, wall: float, path: Path
     return text
 
 
+def paired(a: dict, b: dict) -> str:
+    """Row a's NLL minus row b's, with the standard error of that difference over the test images both used.
+
+    The rows are evaluated on the same images, so the spread between images (the 'test SE') cancels
+    from their difference; what remains is the spread of the per-image differences (each carrying its own
+    importance-sampling noise).  Empty where a row stored no per-image values (older evaluations).
+    """
+    if len(a.get("log_px", ())) != len(b.get("log_px", ())) or len(a.get("log_px", ())) < 2:
+        return ""
+    diff = torch.tensor(b["log_px"], dtype=torch.float64) - torch.tensor(a["log_px"], dtype=torch.float64)
+    mean, se = float(diff.mean()), float(diff.std() / len(diff) ** 0.5)
+    return f"; difference {mean:+.2f} ± {se:.2f} (paired SE over the same images: {abs(mean) / se:.1f} SE)"
+
+
 def ordering_notes(rows: dict, args: argparse.Namespace) -> str:
-    """Which of the paper's orderings hold at this budget (lower NLL is better)."""
+    """Which of the paper's orderings hold at this budget (lower NLL is better), with paired differences."""
     notes = []
 
-    def nll(b, l, o, k):
-        run = rows.get((b, l, "vae", 1) if k == 1 else (b, l, o, k))
-        return None if run is None else run["nll"]
+    def row(b, l, o, k):
+        return rows.get((b, l, "vae", 1) if k == 1 else (b, l, o, k))
 
     for b in args.binarization:
         for layers in args.layers:
             for k in (5, 50):
-                vae, iwae = nll(b, layers, "vae", k), nll(b, layers, "iwae", k)
+                vae, iwae = row(b, layers, "vae", k), row(b, layers, "iwae", k)
                 if vae is not None and iwae is not None:
-                    notes.append(f"{b}, {layers} layer(s), k={k}: IWAE {'<' if iwae < vae else '>='} VAE "
-                                 f"({iwae:.2f} vs {vae:.2f})")
-            ks = [(k, nll(b, layers, "iwae", k)) for k in sorted(args.k)]
-            ks = [(k, v) for k, v in ks if v is not None]
+                    notes.append(f"{b}, {layers} layer(s), k={k}: IWAE {'<' if iwae['nll'] < vae['nll'] else '>='} "
+                                 f"VAE ({iwae['nll']:.2f} vs {vae['nll']:.2f}{paired(iwae, vae)})")
+            ks = [(k, row(b, layers, "iwae", k)) for k in sorted(args.k)]
+            ks = [(k, run["nll"]) for k, run in ks if run is not None]
             if len(ks) > 1:
                 ordered = all(a[1] > c[1] for a, c in zip(ks, ks[1:]))
                 notes.append(f"{b}, {layers} layer(s), IWAE NLL by k {[k for k, _ in ks]}: "
@@ -316,10 +331,10 @@ def ordering_notes(rows: dict, args: argparse.Namespace) -> str:
                 for k in args.k:
                     if o == "iwae" and k == 1:
                         continue  # the VAE k = 1 run
-                    one, two = nll(b, 1, o, k), nll(b, 2, o, k)
+                    one, two = row(b, 1, o, k), row(b, 2, o, k)
                     if one is not None and two is not None:
-                        notes.append(f"{b}, {o.upper()} k={k}: two layers {'<' if two < one else '>='} one "
-                                     f"({two:.2f} vs {one:.2f})")
+                        notes.append(f"{b}, {o.upper()} k={k}: two layers {'<' if two['nll'] < one['nll'] else '>='} "
+                                     f"one ({two['nll']:.2f} vs {one['nll']:.2f}{paired(two, one)})")
     return "Orderings at this budget (the paper's: IWAE < VAE, NLL falling with k, two layers < one):\n\n" + \
         "\n".join(f"* {n}" for n in notes)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 from pathlib import Path
 from types import ModuleType
@@ -55,9 +56,23 @@ def test_mnist_nll_smoke_writes_the_table_and_resumes_from_its_run_folders(tmp_p
     assert "+" in rows[("dynamic", 2, "vae", 1)]["active_units"]  # per layer for two layers
     text = (tmp_path / "mnist_nll.md").read_text()
     assert text.count("| dynamic |") == 4 and "Orderings at this budget" in text and "machine:" in text
+    # each evaluation keeps its per-image log p(x), whose mean is the row's NLL, so rows compare pairwise
+    for run in rows.values():
+        assert len(run["log_px"]) == 20 and -sum(run["log_px"]) / 20 == pytest.approx(run["nll"], abs=1e-4)
+    iwae, vae = rows[("dynamic", 2, "iwae", 5)], rows[("dynamic", 2, "vae", 5)]
+    assert f"IWAE {'<' if iwae['nll'] < vae['nll'] else '>='} VAE ({iwae['nll']:.2f} vs {vae['nll']:.2f}; " \
+           f"difference {iwae['nll'] - vae['nll']:+.2f} ± " in text
     # --resume reuses each run folder's stored evaluation instead of training again
     again = bench.main(argv + ["--resume"])
     assert again == rows
+    # an evaluation stored without per-image values (before they were kept) is evaluated again, not retrained
+    stored = tmp_path / "runs" / "dynamic-2layer-iwae-k5" / "result.json"
+    history = (stored.parent / "history.csv").read_text()
+    stored.write_text(json.dumps({k: v for k, v in rows[("dynamic", 2, "iwae", 5)].items() if k != "log_px"}))
+    reevaluated = bench.main(argv + ["--resume"])[("dynamic", 2, "iwae", 5)]
+    assert reevaluated["log_px"] == rows[("dynamic", 2, "iwae", 5)]["log_px"]  # the same seed, the same number
+    assert (stored.parent / "history.csv").read_text() == history
+    rows[("dynamic", 2, "iwae", 5)] = reevaluated  # its eval_seconds are the new evaluation's
     # a configuration without a stored evaluation is named under the table, never dropped silently
     layers = argv.index("--layers") + 1
     table_only = argv[:layers] + ["1", "2"] + argv[layers + 1:] + ["--table-only"]  # one layer: never trained
@@ -81,6 +96,16 @@ def test_mnist_nll_smoke_writes_the_table_and_resumes_from_its_run_folders(tmp_p
         bench.main(prefix_argv + ["--passes", "2", "--resume"])
     text = bench.main(prefix_argv[:layers] + ["1", "2"] + prefix_argv[layers + 1:] + ["--table-only"])
     assert "dynamic-1layer-vae-k1-prefix." in (tmp_path / "mnist_nll.md").read_text()
+
+
+def test_paired_difference_of_two_rows_is_the_mean_and_standard_error_of_the_per_image_differences():
+    paired = load_benchmark("mnist_nll").paired
+    # NLL 2 and 7/3: a - b = -1/3; per-image differences (-0.5, -0.5, 0) have sd sqrt(1/12), SE 1/6, so 2.0 SE
+    a, b = {"log_px": [-1.0, -2.0, -3.0]}, {"log_px": [-1.5, -2.5, -3.0]}
+    assert paired(a, b) == "; difference -0.33 ± 0.17 (paired SE over the same images: 2.0 SE)"
+    assert paired(b, a) == "; difference +0.33 ± 0.17 (paired SE over the same images: 2.0 SE)"
+    # rows without per-image values (older evaluations), or on other images, get no paired difference
+    assert paired({"nll": 1.0}, b) == "" and paired(a, {"log_px": [-1.0, -2.0]}) == ""
 
 
 @pytest.mark.slow  # reads and checks the 70,000 MNIST images: ~10 s alone, more on a loaded machine
