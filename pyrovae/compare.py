@@ -94,6 +94,9 @@ class EstimatorStats:
 
     :ivar not_applicable: why the objective does not apply to the pair (its
         check's one-line message), with every number NaN; ``None`` when it ran.
+    :ivar surrogate_terms: the programs' surrogate sites (``infer={"surrogate": True}``) that
+        ``bound`` includes: then it is the training objective's value per point, not a bound on
+        :math:`\log p(x)` (the table marks it ``*``).
     """
 
     objective: str
@@ -105,6 +108,7 @@ class EstimatorStats:
     decoder_snr: float
     seconds_per_step: float
     not_applicable: str | None = None
+    surrogate_terms: tuple[str, ...] = ()
 
     @classmethod
     def refused(cls, objective: str, reason: str) -> "EstimatorStats":
@@ -147,7 +151,7 @@ class EstimatorComparison:
         lines = [
             (
                 r.objective,
-                f"{r.bound:.3f} ± {r.bound_se:.3f}",
+                f"{r.bound:.3f} ± {r.bound_se:.3f}" + ("*" if r.surrogate_terms else ""),
                 f"{r.encoder_variance:.3g}",
                 f"{r.encoder_snr:.3f}",
                 f"{r.decoder_variance:.3g}",
@@ -170,6 +174,10 @@ class EstimatorComparison:
         note = (f"{self.num_repeats} gradient draws per objective on one batch of {self.batch_size}; "
                 "enc = parameters the guide computes with, dec = the model's others; "
                 "var and SNR averaged over coordinates")
+        surrogate = sorted({site for r in self.rows if r.not_applicable is None for site in r.surrogate_terms})
+        if surrogate:
+            note += (f"; * the objective's value with surrogate term(s) {', '.join(map(repr, surrogate))}: "
+                     "a training surrogate, not a bound on log p(x)")
         return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *map(fmt, lines), note])
 
     __str__ = table
@@ -340,6 +348,7 @@ def compare_estimators(
                 decoder_variance=dec_var,
                 decoder_snr=dec_snr,
                 seconds_per_step=statistics.median(seconds),
+                surrogate_terms=tuple(structure.surrogate_terms),
             ))
         _zero(params)
     result = EstimatorComparison(rows, num_repeats, len(batch))

@@ -140,6 +140,7 @@ def test_compare_estimators_sets_the_three_estimators_side_by_side():
     for row in table.rows[1:]:
         assert row.encoder_variance > 1e-8 and row.decoder_variance > 1e-8
     assert "elbo [temperature=0.5]" in str(table)
+    assert all(r.surrogate_terms == () for r in table.rows) and "surrogate" not in str(table)  # all bounds
 
 
 def test_joint_enumeration_refuses_a_latent_space_too_large_to_list():
@@ -325,6 +326,9 @@ def test_discrete_kl_surrogate_trains_and_is_refused_where_it_would_be_read_as_a
     table = pyrovae.compare_estimators(vae, x, ["elbo", "iwae"], num_repeats=3, batch_size=4, verbose=False,
                                        program_kwargs={"temperature": 0.5})
     assert table.rows[0].not_applicable is None and "'z_kl'" in table.rows[1].not_applicable
+    # the ELBO row's value includes the surrogate KL: marked as no bound on log p(x), in the row and the table
+    assert table.rows[0].surrogate_terms == ("z_kl",)
+    assert "*" in str(table).splitlines()[2] and "surrogate term(s) 'z_kl': a training surrogate" in str(table)
     before = pyrovae.evaluate_elbo(vae, data)
     result = pyrovae.fit(vae, data, epochs=80, batch_size=8, lr=1e-2, progress=False, device="cpu")
     assert all(math.isfinite(row["train_loss"]) for row in result.history)

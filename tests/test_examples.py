@@ -120,6 +120,7 @@ def test_discrete_vae_example_trains_jang_et_al_s_surrogate(tmp_path, capsys):
     numbers = example.main(["--smoke", "--kl", "discrete", "--out", str(out)])
     check_numbers("discrete_vae_mnist", numbers, out)
     assert "discrete KL" in capsys.readouterr().out
+    assert "surrogate term(s) 'z_kl': a training surrogate, not a bound" in (out / "estimators.txt").read_text()
     model = torch.load(out / "checkpoint.pt", weights_only=True)["model"]
     assert model["config"]["kl"] == "discrete" and model["config"]["relaxed"] is True
     with pytest.raises(SystemExit):
