@@ -391,7 +391,7 @@ def main(argv: list[str] | None = None) -> dict:
             if row is None:  # --table-only, and this configuration has not finished
                 continue
             rows[config] = row
-            print(label(*config), {k: v for k, v in rows[config].items() if k != "config"}, flush=True)
+            print(label(*config), {k: v for k, v in rows[config].items() if k not in ("config", "log_px")}, flush=True)
     text = write_markdown(rows, args, time.perf_counter() - start, Path(args.results))
     print(text)
     return rows
