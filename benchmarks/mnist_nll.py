@@ -321,11 +321,14 @@ def ordering_notes(rows: dict, args: argparse.Namespace) -> str:
                     notes.append(f"{b}, {layers} layer(s), k={k}: IWAE {'<' if iwae['nll'] < vae['nll'] else '>='} "
                                  f"VAE ({iwae['nll']:.2f} vs {vae['nll']:.2f}{paired(iwae, vae)})")
             ks = [(k, row(b, layers, "iwae", k)) for k in sorted(args.k)]
-            ks = [(k, run["nll"]) for k, run in ks if run is not None]
+            ks = [(k, run) for k, run in ks if run is not None]
             if len(ks) > 1:
-                ordered = all(a[1] > c[1] for a, c in zip(ks, ks[1:]))
+                ordered = all(a["nll"] > c["nll"] for (_, a), (_, c) in zip(ks, ks[1:]))
+                steps = "".join(f"; k={k2} vs k={k1}:{paired(r2, r1)[1:]}"
+                                for (k1, r1), (k2, r2) in zip(ks, ks[1:]) if paired(r2, r1))
                 notes.append(f"{b}, {layers} layer(s), IWAE NLL by k {[k for k, _ in ks]}: "
-                             f"{[round(v, 2) for _, v in ks]} ({'decreasing' if ordered else 'not monotone'})")
+                             f"{[round(r['nll'], 2) for _, r in ks]} ({'decreasing' if ordered else 'not monotone'}"
+                             f"{steps})")
         if 1 in args.layers and 2 in args.layers:
             for o in ("vae", "iwae"):
                 for k in args.k:

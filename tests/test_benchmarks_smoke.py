@@ -62,6 +62,9 @@ def test_mnist_nll_smoke_writes_the_table_and_resumes_from_its_run_folders(tmp_p
     iwae, vae = rows[("dynamic", 2, "iwae", 5)], rows[("dynamic", 2, "vae", 5)]
     assert f"IWAE {'<' if iwae['nll'] < vae['nll'] else '>='} VAE ({iwae['nll']:.2f} vs {vae['nll']:.2f}; " \
            f"difference {iwae['nll'] - vae['nll']:+.2f} ± " in text
+    k1 = rows[("dynamic", 2, "vae", 1)]
+    assert f"IWAE NLL by k [1, 5]: [{k1['nll']:.2f}, {iwae['nll']:.2f}] (" in text
+    assert f"k=5 vs k=1: difference {iwae['nll'] - k1['nll']:+.2f} ± " in text
     # --resume reuses each run folder's stored evaluation instead of training again
     again = bench.main(argv + ["--resume"])
     assert again == rows
