@@ -257,7 +257,7 @@ def write_markdown(rows: dict, args: argparse.Namespace, wall: float, path: Path
         f"{args.num_train or 'all'} of its {60_000 if args.data == 'mnist' else 'digits'} images; "
         "± is the importance-sampling standard error; 'test SE' the standard error of the mean over "
         "the test images evaluated (where recorded), which is larger, but every row uses the same images, "
-        "so rows compare pairwise",
+        "so rows compare pairwise: the orderings under the table give each difference with its paired SE",
         "* differences from the paper's set-up: fit's Adam eps is 1e-8 (paper 1e-4); "
         + ("the schedule is scaled down" if args.schedule == "scaled" else "the schedule is the paper's first passes")
         + " (see the module docstring)",
