@@ -303,7 +303,8 @@ def paired(a: dict, b: dict) -> str:
         return ""
     diff = torch.tensor(b["log_px"], dtype=torch.float64) - torch.tensor(a["log_px"], dtype=torch.float64)
     mean, se = float(diff.mean()), float(diff.std() / len(diff) ** 0.5)
-    return f"; difference {mean:+.2f} ± {se:.2f} (paired SE over the same images: {abs(mean) / se:.1f} SE)"
+    ratio = f"{abs(mean) / se:.1f} SE" if se > 0 else "the same on every image"
+    return f"; difference {mean:+.2f} ± {se:.2f} (paired SE over the same images: {ratio})"
 
 
 def ordering_notes(rows: dict, args: argparse.Namespace) -> str:
@@ -324,8 +325,8 @@ def ordering_notes(rows: dict, args: argparse.Namespace) -> str:
             ks = [(k, run) for k, run in ks if run is not None]
             if len(ks) > 1:
                 ordered = all(a["nll"] > c["nll"] for (_, a), (_, c) in zip(ks, ks[1:]))
-                steps = "".join(f"; k={k2} vs k={k1}:{paired(r2, r1)[1:]}"
-                                for (k1, r1), (k2, r2) in zip(ks, ks[1:]) if paired(r2, r1))
+                steps = "".join(f"; k={k2} vs k={k1}:{step[1:]}"
+                                for (k1, r1), (k2, r2) in zip(ks, ks[1:]) if (step := paired(r2, r1)))
                 notes.append(f"{b}, {layers} layer(s), IWAE NLL by k {[k for k, _ in ks]}: "
                              f"{[round(r['nll'], 2) for _, r in ks]} ({'decreasing' if ordered else 'not monotone'}"
                              f"{steps})")

@@ -109,6 +109,7 @@ def test_paired_difference_of_two_rows_is_the_mean_and_standard_error_of_the_per
     assert paired(b, a) == "; difference +0.33 ± 0.17 (paired SE over the same images: 2.0 SE)"
     # rows without per-image values (older evaluations), or on other images, get no paired difference
     assert paired({"nll": 1.0}, b) == "" and paired(a, {"log_px": [-1.0, -2.0]}) == ""
+    assert paired(a, a) == "; difference +0.00 ± 0.00 (paired SE over the same images: the same on every image)"
 
 
 @pytest.mark.slow  # reads and checks the 70,000 MNIST images: ~10 s alone, more on a loaded machine
